@@ -1,0 +1,46 @@
+# Quick start: `make serve` (service deps only, serves models/default on :8000)
+#              `make test`  (training + dev deps, system tools, the whole test suite)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+
+.PHONY: serve test setup-serve setup-dev system-deps default-model lint bench-service clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(VENV)/.serve-installed: pyproject.toml | $(PY)
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(PY)
+	$(PIP) install -q -e '.[train,dev]'
+	touch $@ $(VENV)/.serve-installed
+
+setup-serve: $(VENV)/.serve-installed  ## the service's run-time dependencies (no torch)
+setup-dev: $(VENV)/.dev-installed      ## training, export and test dependencies
+
+system-deps:                           ## prometheus, promtool, docker-compose (Debian)
+	bash scripts/install-system-deps.sh
+
+serve: setup-serve                     ## serve models/default on http://127.0.0.1:8000
+	$(PY) -m service
+
+test: setup-dev system-deps            ## the whole test suite
+	$(PY) -m pytest
+
+lint: setup-dev
+	$(PY) -m ruff check training service tests benchmarks
+	$(PY) -m ruff format --check training service tests benchmarks
+
+default-model: setup-dev               ## retrain and re-export the committed default model
+	rm -rf runs/default-model
+	$(PY) -m training.fit --run-dir runs/default-model export.out=models/default
+
+bench-service: setup-dev
+	$(PY) benchmarks/bench_service.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
