@@ -1,0 +1,80 @@
+"""Dynamic meta-embedding: visual memory, reachability, hallucinator and concept selector.
+
+Method notes section 3 (paper Eqs. 1-4). The centroid memory is an ``nn.Parameter`` named
+``centroids`` (saved in state_dict, exported as an ONNX constant); it is learned through the
+centroid loss only, as in the authors' code, so the head reads it detached.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+DIST_EPS = 1e-6
+
+
+def squared_distances(v: Tensor, centroids: Tensor) -> Tensor:
+    """||v_b - c_k||^2 for every pair, [B,K], from the differences (no cancellation error)."""
+    return (v.unsqueeze(1) - centroids.unsqueeze(0)).pow(2).sum(dim=-1)
+
+
+def l2_distances(v: Tensor, centroids: Tensor, eps: float = DIST_EPS) -> Tensor:
+    """max(||v_b - c_k||, eps), [B,K]: plain L2, never 0 (finite reach and gradients)."""
+    return squared_distances(v, centroids).clamp_min(eps * eps).sqrt()
+
+
+class MetaOutput(NamedTuple):
+    """What the meta-embedding head computes from v_direct."""
+
+    meta: Tensor  # v_meta [B,D]
+    reach: Tensor  # s_r / d_min [B]
+    min_dist: Tensor  # d_min [B]
+    nearest: Tensor  # argmin_k d_k [B] int64
+
+
+class MetaEmbedding(nn.Module):
+    """``v_meta = reach * (v_direct + e * v_memory)`` with the terms switchable by config.
+
+    ``d_k = ||v - c_k||``, ``d_min = min_k d_k`` (clamped >= eps), ``reach = s_r / d_min``,
+    ``o = softmax(T_hal v)``, ``v_memory = o @ M``, ``e = tanh(T_sel v)``. With ``memory`` off
+    the memory term is dropped; with ``reach_scaling`` off v_meta is not scaled (reach is still
+    returned for open-set scoring).
+    """
+
+    def __init__(
+        self,
+        feat_dim: int,
+        num_classes: int,
+        *,
+        reach_scale: float = 10.0,
+        memory: bool = True,
+        reach_scaling: bool = True,
+    ) -> None:
+        super().__init__()
+        self.reach_scale = reach_scale
+        self.memory = memory
+        self.reach_scaling = reach_scaling
+        self.centroids = nn.Parameter(torch.zeros(num_classes, feat_dim))
+        self.fc_hallucinator = nn.Linear(feat_dim, num_classes)  # T_hal
+        self.fc_selector = nn.Linear(feat_dim, feat_dim)  # T_sel
+
+    def forward(self, v: Tensor) -> MetaOutput:
+        centroids = self.centroids.detach()
+        min_dist, nearest = l2_distances(v, centroids).min(dim=1)
+        reach = self.reach_scale / min_dist
+        meta = v
+        if self.memory:
+            v_memory = torch.softmax(self.fc_hallucinator(v), dim=1) @ centroids
+            meta = v + torch.tanh(self.fc_selector(v)) * v_memory
+        if self.reach_scaling:
+            meta = reach.unsqueeze(1) * meta
+        return MetaOutput(meta, reach, min_dist, nearest)
+
+    def extra_repr(self) -> str:
+        k, d = self.centroids.shape
+        return (
+            f"feat_dim={d}, num_classes={k}, reach_scale={self.reach_scale}, "
+            f"memory={self.memory}, reach_scaling={self.reach_scaling}"
+        )
