@@ -1,0 +1,158 @@
+"""End-to-end training on the embedded MNIST data, scaled down: both stages, checkpoints,
+resume, evaluation outputs, the CLI's errors, and the DistributedDataParallel path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.config import load_config
+from training.fit import fit, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# 16 px digits, few epochs: seconds, not minutes, while exercising every part of the pipeline.
+TINY = [
+    "data.input_size=16",
+    "data.resize_size=16",
+    "model.feat_dim=64",
+    "stage1.epochs=3",
+    "stage1.batch_size=32",
+    "stage1.lr=0.05",
+    "stage2.epochs=2",
+    "stage2.batch_size=32",
+    "eval.batch_size=512",
+]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("oltr-cache"))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, cache_dir):
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    cfg = load_config(overrides=[*TINY, f"data.cache_dir={cache_dir}"])
+    return fit(cfg, run_dir, export=False)
+
+
+@pytest.mark.slow
+def test_fit_writes_a_complete_run_directory(tiny_run):
+    run_dir = tiny_run.run_dir
+    for name in (
+        "config.yaml",
+        "metrics.json",
+        "report.md",
+        "train.log",
+        "eval_plain.json",
+        "checkpoints/stage1.pt",
+        "checkpoints/stage2.pt",
+    ):
+        assert (run_dir / name).is_file(), name
+    for plot in ("class_counts", "per_class_accuracy", "scores_reachability", "training_curves"):
+        assert (run_dir / "plots" / f"{plot}.png").stat().st_size > 5_000, plot
+    assert not list(run_dir.rglob("*.tmp")), "a temporary checkpoint file was left behind"
+    report = (run_dir / "report.md").read_text()
+    assert "plain (stage 1)" in report and "OLTR (stage 2)" in report
+
+
+@pytest.mark.slow
+def test_fit_reports_both_models_side_by_side(tiny_run):
+    metrics = json.loads((tiny_run.run_dir / "metrics.json").read_text())
+    assert set(metrics["oltr"]["shot_groups"]["num_classes"]) == {"many", "medium", "few"}
+    assert metrics["plain"]["open_set"]["decision"]["score"] == "max_softmax"
+    assert metrics["oltr"]["open_set"]["decision"]["score"] == "max_softmax"
+    auroc = metrics["oltr"]["open_set"]["scores"]["reachability"]["open_sets"]["open"]["auroc"]
+    assert 0.0 <= auroc <= 1.0
+    assert metrics["oltr"]["closed_set"]["overall"] > 1 / 6  # better than chance on 6 digits
+
+
+@pytest.mark.slow
+def test_training_loss_falls(tiny_run):
+    history = tiny_run.metrics["history"]
+    stage1 = [row["loss"] for row in history if row["stage"] == 1]
+    assert len(stage1) == 3
+    assert stage1[-1] < stage1[0]
+
+
+@pytest.mark.slow
+def test_checkpoint_reload_reproduces_logits_exactly(tiny_run):
+    state = load_checkpoint(tiny_run.run_dir / "checkpoints" / "stage2.pt")
+    model, cfg = model_from_checkpoint(state)
+    again, _ = model_from_checkpoint(
+        load_checkpoint(tiny_run.run_dir / "checkpoints" / "stage2.pt")
+    )
+    x = torch.rand(5, 3, cfg.data.input_size, cfg.data.input_size)
+    with torch.no_grad():
+        first, second = model(x), again(x)
+    assert torch.equal(first.logits, second.logits)
+    assert torch.equal(first.reach, second.reach)
+    assert state["stage"] == "oltr" and state["epoch"] == cfg.stage2.epochs - 1
+
+
+@pytest.mark.slow
+def test_resume_continues_from_the_last_checkpoint(tmp_path, cache_dir):
+    run_dir = tmp_path / "run"
+    overrides = [*TINY, f"data.cache_dir={cache_dir}", "stage1.epochs=2", "stage2.epochs=1"]
+    first = fit(load_config(overrides=overrides), run_dir, export=False)
+    # Pretend the run was stopped after stage 1 and asked for one more stage-2 epoch.
+    (run_dir / "checkpoints" / "stage2.pt").unlink()
+    (run_dir / "metrics.json").unlink()
+    resumed = fit(load_config(run_dir / "config.yaml"), run_dir, resume=True, export=False)
+    stage1 = [r for r in resumed.metrics["history"] if r["stage"] == 1]
+    assert stage1 == [r for r in first.metrics["history"] if r["stage"] == 1]
+    assert (run_dir / "metrics.json").is_file()
+
+
+def test_cli_rejects_unknown_keys_by_name(capsys):
+    assert main(["stage1.nonsense=3"]) == 2
+    assert "stage1.nonsense" in capsys.readouterr().err
+
+
+def test_cli_refuses_to_overwrite_a_run(tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text("name: x\n")
+    assert main(["--run-dir", str(tmp_path)]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_cli_resume_rejects_overrides(tmp_path, capsys):
+    assert main(["--resume", str(tmp_path), "stage1.epochs=1"]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_distributed_fit_with_two_gloo_processes(tmp_path, cache_dir):
+    """torchrun, 2 CPU ranks, gloo: both stages train under DistributedDataParallel."""
+    run_dir = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "training.fit",
+        "--run-dir",
+        str(run_dir),
+        "--no-export",
+        *TINY,
+        "stage1.epochs=1",
+        "stage2.epochs=1",
+        f"data.cache_dir={cache_dir}",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (run_dir / "train.log").read_text()
+    assert "2 rank(s)" in log
+    state = load_checkpoint(run_dir / "checkpoints" / "stage2.pt")
+    assert state["stage"] == "oltr"
+    assert json.loads((run_dir / "metrics.json").read_text())["oltr"]["closed_set"]["overall"] > 0

@@ -1,0 +1,147 @@
+"""The training and inference loops: train_one_epoch, predict, class_means."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from training import distributed as dist_utils
+from training.losses import centroid_loss
+from training.models import OLTRNet
+
+
+@dataclass
+class LossWeights:
+    """How a stage's loss is put together: CE(logits + log_prior_shift) + weight * centroid."""
+
+    centroid_weight: float = 0.0
+    margin: float = 0.0
+    logit_shift: torch.Tensor | None = None
+    """tau * log(class prior), added to the logits inside the training loss only."""
+
+    @classmethod
+    def for_stage(
+        cls, train_counts: list[int], tau: float, centroid_weight: float = 0.0, margin: float = 0.0
+    ) -> LossWeights:
+        """Loss weights with the logit adjustment of ``tau`` for these training counts."""
+        shift = None
+        if tau > 0:
+            prior = torch.tensor(train_counts, dtype=torch.float32)
+            shift = tau * torch.log(prior / prior.sum())
+        return cls(centroid_weight, margin, shift)
+
+
+def unwrap(model: nn.Module) -> OLTRNet:
+    """The OLTRNet inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Mixed precision on CUDA, nothing on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    *,
+    weights: LossWeights,
+    scaler: torch.amp.GradScaler | None = None,
+    desc: str = "train",
+) -> dict[str, float]:
+    """One pass over ``loader``; returns mean loss, centroid loss and training accuracy."""
+    model.train()
+    totals = {"loss": 0.0, "centroid_loss": 0.0, "correct": 0.0, "seen": 0.0}
+    for images, labels in _progress(loader, desc):
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with autocast(device):
+            out = model(images)
+            logits = out.logits.float()
+            if weights.logit_shift is not None:
+                logits = logits + weights.logit_shift.to(device)
+            loss = F.cross_entropy(logits, labels)
+            c_loss = torch.zeros((), device=device)
+            centroids = unwrap(model).centroids
+            if weights.centroid_weight > 0 and centroids is not None:
+                c_loss = centroid_loss(out.direct.float(), labels, centroids, weights.margin).total
+                loss = loss + weights.centroid_weight * c_loss
+        _step(optimizer, loss, scaler)
+        n = labels.numel()
+        totals["loss"] += loss.item() * n
+        totals["centroid_loss"] += c_loss.item() * n
+        totals["correct"] += (out.logits.argmax(1) == labels).sum().item()
+        totals["seen"] += n
+    sums = dist_utils.all_reduce_sum(torch.tensor(list(totals.values()), dtype=torch.float64))
+    loss_sum, c_sum, correct, seen = sums.tolist()
+    seen = max(seen, 1.0)
+    return {"loss": loss_sum / seen, "centroid_loss": c_sum / seen, "train_acc": correct / seen}
+
+
+def _step(
+    optimizer: torch.optim.Optimizer, loss: torch.Tensor, scaler: torch.amp.GradScaler | None
+) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader, device: torch.device, desc: str = "predict"):
+    """Run ``model`` over ``loader`` in eval mode; returns numpy arrays of every output."""
+    net = unwrap(model).eval()
+    chunks: dict[str, list[np.ndarray]] = {}
+    for images, labels in _progress(loader, desc):
+        out = net(images.to(device))
+        fields = {"logits": out.logits, "direct": out.direct, "labels": labels}
+        if out.reach is not None:
+            fields |= {"reach": out.reach, "min_dist": out.min_dist, "nearest": out.nearest}
+        for key, value in fields.items():
+            chunks.setdefault(key, []).append(value.float().cpu().numpy())
+    return {key: np.concatenate(parts) for key, parts in chunks.items()}
+
+
+@torch.no_grad()
+def class_means(
+    model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device
+) -> torch.Tensor:
+    """Mean direct feature of each class over ``loader`` (summed across ranks); [K, D]."""
+    net = unwrap(model).eval()
+    sums: torch.Tensor | None = None
+    counts = torch.zeros(num_classes, dtype=torch.float64, device=device)
+    for images, labels in _progress(loader, "centroids"):
+        feats = net.forward_features(images.to(device)).double()
+        labels = labels.to(device)
+        if sums is None:
+            sums = torch.zeros(num_classes, feats.shape[1], dtype=torch.float64, device=device)
+        sums.index_add_(0, labels, feats)
+        counts += torch.bincount(labels, minlength=num_classes).double()
+    if sums is None:
+        raise ValueError("cannot compute class means: the loader yielded no images")
+    sums, counts = dist_utils.all_reduce_sum(sums), dist_utils.all_reduce_sum(counts)
+    empty = (counts == 0).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"no training features for class indices {empty}")
+    return (sums / counts[:, None]).float()
+
+
+def _progress(loader: DataLoader, desc: str) -> Iterator:
+    return tqdm(
+        loader, desc=desc, leave=False, disable=not dist_utils.is_main(), dynamic_ncols=True
+    )
