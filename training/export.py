@@ -11,11 +11,11 @@ arithmetic (about half the nodes of the legacy TorchScript exporter, which is de
 
 from __future__ import annotations
 
+import argparse
 import copy
 import hashlib
 import json
-import os
-import tempfile
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from training.atomic import write_bytes_atomic
 from training.models import OLTRNet
 
 INPUT_NAME = "image"
@@ -89,9 +90,9 @@ def export_onnx(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path, card_path = out_dir / MODEL_FILE, out_dir / CARD_FILE
-    atomic_write_bytes(card_path, card_text.encode())
+    write_bytes_atomic(card_path, card_text.encode())
     try:
-        atomic_write_bytes(model_path, proto.SerializeToString())
+        write_bytes_atomic(model_path, proto.SerializeToString())
     except BaseException:
         card_path.unlink(missing_ok=True)  # a card without its model would describe nothing
         raise
@@ -150,20 +151,6 @@ def model_version(proto: onnx.ModelProto) -> str:
     return hashlib.sha256(bare.SerializeToString()).hexdigest()[:VERSION_CHARS]
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync, then ``os.replace`` it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def read_card(path: str | Path) -> dict[str, Any]:
     """The model card stored in an exported model's ``oltr.card`` metadata."""
     proto = onnx.load(str(path), load_external_data=False)
@@ -195,3 +182,35 @@ def parity_report(model: OLTRNet, onnx_path: str | Path, images: np.ndarray) -> 
     }
     report["argmax_mismatch"] = float((got[0].argmax(1) != ref[0].argmax(1)).sum())
     return report
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """Command-line interface of `python -m training.export`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m training.export",
+        description="Export a finished run's stage-2 model and model card to ONNX.",
+    )
+    parser.add_argument("run_dir", type=Path, help="a run directory written by training.fit")
+    parser.add_argument("--out", type=Path, required=True, help="output folder, e.g. models/mine")
+    parser.add_argument("--fp16", action="store_true", help="float16 weights (for GPUs)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Export RUN_DIR into --out; returns the exit code."""
+    from training.artifact import export_run  # artifact builds on this module
+    from training.checkpoint import CheckpointError
+
+    args = get_args_parser().parse_args(argv)
+    try:
+        path = export_run(args.run_dir, args.out, fp16=args.fp16 or None)
+    except (CheckpointError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    card = read_card(path)
+    print(f"exported {path} (version {card['version']}, {len(card['class_names'])} classes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from training import distributed as dist_utils
+from training.atomic import write_text_atomic
 from training.checkpoint import CheckpointError, load_checkpoint
 from training.config import ConfigError, FitConfig, load_config, preset_names, save_config
 from training.data import DataError, load_split
@@ -124,7 +125,7 @@ def fit(
         oltr_report = evaluate_model(unwrap(model), data, cfg, device)
         metrics = write_reports(run_dir, cfg, data, plain_report, oltr_report, history + history2)
         metrics["fit_seconds"] = round(time.monotonic() - started, 1)
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
         log.info("fit took %.1f s", metrics["fit_seconds"])
     model_dir = _export(cfg, run_dir, unwrap(model), data, metrics) if export else None
     dist_utils.barrier()
@@ -181,7 +182,7 @@ def _plain_report(run_dir, model, data, cfg, device) -> dict[str, Any] | None:
     if path.is_file():
         return json.loads(path.read_text())
     report = evaluate_model(model, data, cfg, device)
-    path.write_text(json.dumps(report, indent=2))
+    write_text_atomic(path, json.dumps(report, indent=2))
     return report
 
 
@@ -274,6 +275,7 @@ def _setup_logging(run_dir: Path) -> None:
         force=True,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # per-initializer chatter
 
 
 if __name__ == "__main__":

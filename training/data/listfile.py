@@ -7,11 +7,10 @@ file and the 1-based line number.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from training.atomic import write_text_atomic
 from training.data.errors import DataError
 
 OPEN_LABEL = -1
@@ -84,17 +83,3 @@ def write_list(path: str | Path, entries: Iterable[tuple[str, int]]) -> None:
         _check_label(int(label), str(path), None, True)
         lines.append(f"{rel} {int(label)}\n")
     write_text_atomic(path, "".join(lines))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

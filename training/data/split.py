@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from training.atomic import write_text_atomic
 from training.config import EvalConfig
 from training.data.errors import DataError
-from training.data.listfile import write_list, write_text_atomic
+from training.data.listfile import write_list
 
 Profile = Literal["pareto", "exp"]
 Entries = list[tuple[str, int]]
