@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -156,3 +157,41 @@ def test_distributed_fit_with_two_gloo_processes(tmp_path, cache_dir):
     state = load_checkpoint(run_dir / "checkpoints" / "stage2.pt")
     assert state["stage"] == "oltr"
     assert json.loads((run_dir / "metrics.json").read_text())["oltr"]["closed_set"]["overall"] > 0
+
+
+@pytest.mark.slow
+def test_export_cli_writes_a_servable_model_with_its_card(tiny_run, tmp_path):
+    import onnxruntime as ort
+
+    from training.export import main as export_main
+    from training.export import read_card
+
+    out = tmp_path / "model"
+    assert export_main([str(tiny_run.run_dir), "--out", str(out)]) == 0
+    card = read_card(out / "model.onnx")
+    assert card["class_names"] == [str(d) for d in range(6)]
+    assert card["input_size"] == 16
+    assert card["preprocess"]["resize_shorter"] == 16
+    assert card["unknown_score"]["name"] == "max_softmax"
+    decision = tiny_run.metrics["oltr"]["open_set"]["decision"]
+    assert card["threshold"] == decision["threshold"]
+    assert card["calibration"]["known_accept"] >= 0.95
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {"image": np.zeros((2, 16, 16, 3), np.uint8)})
+    assert outputs[0].shape == (2, 6)
+
+
+@pytest.mark.parametrize("problem", ["missing", "no_checkpoint", "corrupt"])
+def test_export_of_a_bad_run_is_a_clear_error_and_writes_nothing(tmp_path, capsys, problem):
+    from training.export import main as export_main
+
+    run_dir = tmp_path / "run"
+    if problem != "missing":
+        (run_dir / "checkpoints").mkdir(parents=True)
+    if problem == "corrupt":
+        (run_dir / "checkpoints" / "stage2.pt").write_bytes(b"not a checkpoint")
+    out = tmp_path / "out"
+    assert export_main([str(run_dir), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "error:" in err and str(run_dir) in err
+    assert not out.exists() or not any(out.iterdir())
