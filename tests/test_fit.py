@@ -70,7 +70,7 @@ def test_fit_reports_both_models_side_by_side(tiny_run):
     metrics = json.loads((tiny_run.run_dir / "metrics.json").read_text())
     assert set(metrics["oltr"]["shot_groups"]["num_classes"]) == {"many", "medium", "few"}
     assert metrics["plain"]["open_set"]["decision"]["score"] == "max_softmax"
-    assert metrics["oltr"]["open_set"]["decision"]["score"] == "max_softmax"
+    assert metrics["oltr"]["open_set"]["decision"]["score"] == "combined"
     auroc = metrics["oltr"]["open_set"]["scores"]["reachability"]["open_sets"]["open"]["auroc"]
     assert 0.0 <= auroc <= 1.0
     assert metrics["oltr"]["closed_set"]["overall"] > 1 / 6  # better than chance on 6 digits
@@ -172,7 +172,7 @@ def test_export_cli_writes_a_servable_model_with_its_card(tiny_run, tmp_path):
     assert card["class_names"] == [str(d) for d in range(6)]
     assert card["input_size"] == 16
     assert card["preprocess"]["resize_shorter"] == 16
-    assert card["unknown_score"]["name"] == "max_softmax"
+    assert card["unknown_score"]["name"] == "combined"
     decision = tiny_run.metrics["oltr"]["open_set"]["decision"]
     assert card["threshold"] == decision["threshold"]
     assert card["calibration"]["known_accept"] >= 0.95

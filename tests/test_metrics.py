@@ -364,3 +364,15 @@ def test_markdown_comparison_marks_missing_scores() -> None:
     assert "| AUROC reachability, noise (%) | n/a | 100.0 |" in lines
     assert "| F-measure max_softmax, noise (%) | 57.1 | " in text
     assert len([ln for ln in lines if ln.startswith("| AUROC")]) == 3  # one per score
+
+
+def test_fit_combined_uses_each_parts_calibrated_threshold():
+    from training.metrics import fit_combined
+
+    val = {
+        "max_softmax": np.arange(1, 11) / 10,  # 0.1 .. 1.0
+        "reachability": np.arange(1.0, 11.0),  # 1 .. 10
+        "energy": np.zeros(10),  # not a part: ignored
+    }
+    # target 0.9 of 10 -> k = 9 -> the 9th largest: 0.2 and 2.0
+    assert fit_combined(val, 0.9) == pytest.approx({"max_softmax": 0.2, "reachability": 2.0})

@@ -92,3 +92,13 @@ def test_definitions_state_the_sign() -> None:
         assert "higher is more known" in score_definition(name)
     assert "s_r / d_min" in score_definition("reachability")
     assert "logsumexp" in score_definition("energy")
+
+
+def test_combined_is_the_minimum_of_the_normalised_parts():
+    from training.scorers import combined, score_definition
+
+    scores = {"max_softmax": np.array([0.9, 0.5, 0.2]), "reachability": np.array([2.0, 8.0, 1.0])}
+    params = {"max_softmax": 0.5, "reachability": 4.0}
+    # msp / 0.5 = [1.8, 1.0, 0.4]; reach / 4 = [0.5, 2.0, 0.25]; min = [0.5, 1.0, 0.25]
+    np.testing.assert_allclose(combined(scores, params), [0.5, 1.0, 0.25])
+    assert "higher is more known" in score_definition("combined")

@@ -31,9 +31,10 @@ from training.data import (
     train_transform,
 )
 from training.engine import predict
-from training.metrics import ScoreCollector, ScoredSet, evaluation_report
+from training.metrics import ScoreCollector, ScoredSet, evaluation_report, fit_combined
 from training.models import OLTRNet
 from training.report import markdown_comparison, markdown_table
+from training.scorers import COMBINED, COMBINED_PARTS, combined
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +111,25 @@ def score_sets(model: OLTRNet, data: EvalData, device: torch.device) -> dict[str
     return {name: collect(model, data.loader(name), device, name) for name in names}
 
 
+def add_combined(
+    sets: dict[str, ScoredSet], calib: ScoredSet, target_accept: float
+) -> dict[str, float] | None:
+    """Fit the combined score on ``calib`` and add it to every set (needs reachability)."""
+    if not all(part in calib.scores for part in COMBINED_PARTS):
+        return None
+    params = fit_combined(calib.scores, target_accept)
+    for scored in sets.values():
+        scored.scores[COMBINED] = combined(scored.scores, params)
+    return params
+
+
 def evaluate_model(
     model: OLTRNet, data: EvalData, cfg: FitConfig, device: torch.device
 ) -> dict[str, Any]:
     """The evaluation report of ``model`` (see training.metrics.evaluation_report)."""
     sets = score_sets(model, data, device)
     calib = sets.get("val", sets.get("train_eval"))
+    params = add_combined(sets, calib, cfg.eval.target_known_accept)
     score = cfg.eval.unknown_score if cfg.eval.unknown_score in sets["test"].scores else None
     report = evaluation_report(
         sets["test"],
@@ -129,6 +143,7 @@ def evaluate_model(
         val_open=sets["open_val"].scores if "open_val" in sets else None,
     )
     report["calibration_split"] = "val" if "val" in sets else "train"
+    report["open_set"]["combined_params"] = params
     report["raw_scores"] = {
         name: {k: v.tolist() for k, v in s.scores.items()}
         for name, s in sets.items()

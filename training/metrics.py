@@ -22,7 +22,13 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from training.scorers import SCORE_NAMES, compute_score, score_definition
+from training.scorers import (
+    COMBINED_PARTS,
+    REPORTED_SCORES,
+    SCORE_NAMES,
+    compute_score,
+    score_definition,
+)
 
 GROUPS = ("many", "medium", "few")
 OPEN_LABEL = -1
@@ -187,6 +193,11 @@ def calibrate_threshold(known_scores: Any, target_accept: float = 0.95) -> float
     return float(np.sort(s)[::-1][k - 1])
 
 
+def fit_combined(val_known: Mapping[str, Any], target_accept: float = 0.95) -> dict[str, float]:
+    """Parameters of the ``combined`` score: each part's threshold calibrated on known images."""
+    return {p: calibrate_threshold(val_known[p], target_accept) for p in COMBINED_PARTS}
+
+
 def accept_rate(scores: Any, threshold: float) -> float:
     """Share of ``scores`` that are accepted (``score >= threshold``)."""
     return float(np.mean(_scores("scores", scores) >= threshold))
@@ -340,7 +351,7 @@ def evaluation_report(
     is evaluated: AUROC and FPR@95TPR per open set, and F-measure, open-set accuracy,
     macro-F1, accept/reject rates at the threshold that accepts ``target_accept`` of val_known.
     """
-    names = [n for n in SCORE_NAMES if n in test.scores]
+    names = [n for n in REPORTED_SCORES if n in test.scores]
     for open_name, open_set in open_sets.items():
         _require_scores(f"open set {open_name!r}", open_set.scores, names)
     _require_scores("val_known", val_known, names)
