@@ -32,8 +32,8 @@ test: setup-dev system-deps            ## the whole test suite
 	$(PY) -m pytest
 
 lint: setup-dev
-	$(PY) -m ruff check training service tests benchmarks
-	$(PY) -m ruff format --check training service tests benchmarks
+	$(PY) -m ruff check training service tests benchmarks docker
+	$(PY) -m ruff format --check training service tests benchmarks docker
 
 default-model: setup-dev               ## retrain and re-export the committed default model
 	rm -rf runs/default-model
