@@ -1,0 +1,123 @@
+"""Image bytes -> the model's uint8 NHWC input, exactly as training's evaluation transform.
+
+Pipeline (the ONNX artifact contract): decode (first frame of animations), honour EXIF
+orientation, convert to RGB, resize the shorter side to S, centre-crop C x C. Resize and crop
+reproduce torchvision's ``Resize(S)`` + ``CenterCrop(C)`` on PIL images bit for bit (same size
+arithmetic, same PIL call). Scaling and normalisation live inside the ONNX graph.
+
+Colour modes: ``Image.convert("RGB")``, as training's loader does. Consequences: alpha is dropped
+(not composited on white: a transparent pixel keeps its stored colour), palette, CMYK, grey,
+YCbCr, LAB and HSV go through Pillow's own conversions. One exception: 16-bit grey ("I;16*"),
+which Pillow's convert would clip at 255 (nearly all white); it is scaled to 8 bits first
+(v * 255 / 65535, rounded). No training image is 16-bit, so parity with training is unaffected.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from service.errors import InvalidImage, TooManyPixels
+
+log = logging.getLogger("oltr.service")
+
+RESAMPLE = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+}
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """Resize shorter side to ``resize_shorter`` (S), centre-crop ``crop`` (C)."""
+
+    resize_shorter: int
+    crop: int
+    interpolation: str = "bilinear"
+
+
+def decode(data: bytes, *, max_pixels: int) -> Image.Image:
+    """Decode the first frame, refusing more than ``max_pixels`` before pixel data is read."""
+    if not data:
+        raise InvalidImage("empty file: no image data")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as err:
+        raise TooManyPixels(str(err)) from err
+    except Image.UnidentifiedImageError as err:
+        raise InvalidImage("not an image in a format Pillow can decode") from err
+    except Exception as err:  # noqa: BLE001 -- Pillow signals bad input with many types
+        raise InvalidImage(f"not a decodable image ({type(err).__name__}: {err})") from err
+    width, height = img.size
+    if width * height > max_pixels:
+        raise TooManyPixels(
+            f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
+        )
+    try:
+        img.load()
+    except Exception as err:  # noqa: BLE001 -- truncated / corrupt data
+        raise InvalidImage(f"corrupt or truncated image ({type(err).__name__}: {err})") from err
+    return _exif_upright(img)
+
+
+def _exif_upright(img: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception as err:  # noqa: BLE001 -- a broken EXIF block must not lose the image
+        log.warning("ignoring unreadable EXIF orientation: %s", err)
+        return img
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB as training's loader makes it (``convert("RGB")``); 16-bit grey scaled to 8 bits."""
+    if img.mode in SIXTEEN_BIT_MODES:
+        wide = np.asarray(img).astype(np.uint32)
+        img = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))  # mode L
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
+    """torchvision ``Resize(shorter)`` output (w, h): long side = int(shorter * long / short)."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = shorter, int(shorter * long / short)
+    return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
+def crop_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """torchvision ``CenterCrop(size)`` box: top = int(round((h - size) / 2)), left likewise."""
+    top = int(round((height - size) / 2.0))
+    left = int(round((width - size) / 2.0))
+    return left, top, left + size, top + size
+
+
+def resize_and_crop(img: Image.Image, spec: PreprocessSpec, *, max_pixels: int) -> Image.Image:
+    """``Resize(S)`` then ``CenterCrop(C)`` on a PIL image (crop <= S, so never padding)."""
+    new_w, new_h = resized_size(*img.size, spec.resize_shorter)
+    if new_w * new_h > max_pixels:
+        raise TooManyPixels(
+            f"aspect ratio too extreme: resizing {img.size[0]}x{img.size[1]} gives "
+            f"{new_w}x{new_h} pixels, over the limit of {max_pixels}"
+        )
+    if (new_w, new_h) != img.size:
+        img = img.resize((new_w, new_h), RESAMPLE[spec.interpolation])
+    return img.crop(crop_box(new_w, new_h, spec.crop))
+
+
+def preprocess(img: Image.Image, spec: PreprocessSpec, *, max_pixels: int) -> np.ndarray:
+    """Decoded image -> uint8 array [C, C, 3] (RGB, HWC), ready to stack into a batch."""
+    cropped = resize_and_crop(to_rgb(img), spec, max_pixels=max_pixels)
+    return np.asarray(cropped, dtype=np.uint8)
+
+
+def image_to_input(data: bytes, spec: PreprocessSpec, *, max_pixels: int) -> np.ndarray:
+    """Bytes of one uploaded file -> uint8 [C, C, 3]; raises InvalidImage / TooManyPixels."""
+    return preprocess(decode(data, max_pixels=max_pixels), spec, max_pixels=max_pixels)

@@ -1,0 +1,156 @@
+"""Request and response models; every field's meaning and range shows in the OpenAPI schema."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from service.card import ScoreName
+
+ThresholdSource = Literal["request", "admin", "settings", "card"]
+
+
+class TopKEntry(BaseModel):
+    label: str = Field(description="Class name.")
+    class_index: int = Field(ge=0, description="Index of the class in the model's class list.")
+    probability: float = Field(ge=0, le=1, description="Softmax probability of this class.")
+
+
+class Prediction(BaseModel):
+    """The result for one image."""
+
+    filename: str | None = Field(
+        description="Name of the uploaded file (multipart), or null for a raw image body."
+    )
+    label: str = Field(
+        description="Most likely known class. Reported even when `unknown` is true: it is "
+        "then the nearest known class, not an accepted answer."
+    )
+    class_index: int = Field(ge=0, description="Index of `label` in the model's class list.")
+    confidence: float = Field(
+        ge=0, le=1, description="Softmax probability of `label` (0..1; max softmax)."
+    )
+    reachability: float = Field(
+        ge=0,
+        description="OLTR reachability s_r / d_min: s_r (the card's reach scale) divided by the "
+        "distance from the image's feature to the nearest class centroid. 0..inf; higher means "
+        "closer to a known class (more known).",
+    )
+    distance: float = Field(
+        ge=0, description="d_min: L2 distance from the feature to the nearest class centroid."
+    )
+    score: float = Field(
+        description="Value of the configured unknown score (see `unknown_score` in the "
+        "response); higher means more known. reachability: 0..inf, max_softmax: 0..1, "
+        "energy: logsumexp of the logits, any real; combined: min(max_softmax / p_msp, "
+        "reachability / p_reach), 0..inf, each part divided by its calibrated threshold "
+        "(the card's unknown_score.params)."
+    )
+    unknown: bool = Field(
+        description="True when `score` < `threshold`: the image is likely of no known class "
+        "(open set)."
+    )
+    top_k: list[TopKEntry] = Field(
+        description="The k most probable known classes, most probable first."
+    )
+
+
+class ClassifyResponse(BaseModel):
+    model_version: str = Field(description="Version of the model that answered (card.version).")
+    unknown_score: ScoreName = Field(
+        description="Score compared with the threshold to decide `unknown`."
+    )
+    threshold: float = Field(description="Threshold used: score < threshold means unknown.")
+    threshold_source: ThresholdSource = Field(
+        description="Where the threshold came from: this request's query, the admin API, "
+        "the OLTR_THRESHOLD setting, or the model card's calibrated value."
+    )
+    predictions: list[Prediction] = Field(description="One result per image, in upload order.")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable error code, e.g. invalid_image.")
+    message: str = Field(description="Human-readable explanation.")
+    request_id: str = Field(description="Id of the request, also in the logs and X-Request-ID.")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = Field(description="Always ok: the process answers HTTP.")
+
+
+class Readiness(BaseModel):
+    ready: bool = Field(description="True once the model is loaded and warmed up.")
+    status: str = Field(description="ready, loading, warming_up or shutting_down.")
+    model_version: str | None = Field(description="Version being served, if loaded.")
+
+
+class ProviderInfo(BaseModel):
+    setting: str = Field(description="The OLTR_PROVIDERS setting (auto, cpu, cuda or a list).")
+    requested: list[str] = Field(description="Providers asked of onnxruntime, in priority order.")
+    active: list[str] = Field(description="Providers the session really uses, in priority order.")
+    fallback: bool = Field(description="True when CUDA was requested but the session runs on CPU.")
+
+
+class UnknownScoreInfo(BaseModel):
+    name: ScoreName = Field(
+        description="Score used for the unknown decision (higher = more known)."
+    )
+    definition: str = Field(description="How the score is computed (from the model card).")
+    threshold: float = Field(description="Threshold in use (without per-request overrides).")
+    threshold_source: ThresholdSource = Field(description="Where `threshold` comes from.")
+    card_threshold: float = Field(description="Threshold calibrated at export (model card).")
+    params: dict[str, float] | None = Field(
+        default=None,
+        description="combined score only: the divisor of each part (its calibrated threshold).",
+    )
+
+
+class ModelInfo(BaseModel):
+    version: str = Field(description="Model version: sha256 prefix of the model bytes.")
+    path: str = Field(description="Model file being served.")
+    created: str | None = Field(description="When the model was exported (ISO 8601 UTC).")
+    class_names: list[str] = Field(description="Known classes, in class_index order.")
+    input_size: int = Field(description="Side C of the square crop the model sees.")
+    preprocess: dict[str, Any] = Field(description="Resize / crop / interpolation (model card).")
+    unknown_score: UnknownScoreInfo
+    provider: str = Field(description="Execution provider actually running the model.")
+    providers: ProviderInfo
+    max_batch_size: int = Field(description="Largest inference batch (OLTR_MAX_BATCH_SIZE).")
+    card: dict[str, Any] = Field(description="The full model card.")
+
+
+class ReloadRequest(BaseModel):
+    path: str = Field(min_length=1, description="Model file on the server to load and serve.")
+
+
+class ReloadResponse(BaseModel):
+    previous_version: str = Field(description="Version that was serving before the reload.")
+    version: str = Field(description="Version serving now.")
+    path: str = Field(description="Model file serving now.")
+    provider: str = Field(description="Execution provider of the new session.")
+
+
+class ThresholdRequest(BaseModel):
+    threshold: float | None = Field(
+        description="New threshold for the unknown score; null restores the default "
+        "(OLTR_THRESHOLD if set, else the model card's). Reset by a model reload."
+    )
+
+    @field_validator("threshold")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("threshold must be a finite number")
+        return value
+
+
+class ThresholdResponse(BaseModel):
+    unknown_score: str = Field(description="Score the threshold applies to.")
+    threshold: float = Field(description="Threshold now in use.")
+    threshold_source: ThresholdSource = Field(description="Where it comes from.")

@@ -1,0 +1,131 @@
+"""Process lifecycle through real uvicorn processes: readiness after warm-up, provider fallback,
+JSON logs, SIGTERM drain with a full queue, start-up refusal on a bad model."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+
+import httpx
+import onnxruntime as ort
+import pytest
+from _service_fixtures import ServiceProcess, build_standin, metric_value, solid, write_model
+
+pytestmark = pytest.mark.slow
+# uvicorn re-raises a captured SIGTERM after its graceful shutdown, so -15 is a clean exit too
+CLEAN_EXIT = (0, -signal.SIGTERM)
+HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory):
+    return write_model(tmp_path_factory.mktemp("life") / "model.onnx", build_standin())
+
+
+def _files(n: int) -> list:
+    return [("file", (f"{i}.png", solid((250, 10 * i, 10)), "image/png")) for i in range(n)]
+
+
+def test_ready_only_after_warm_up_with_visible_fallback(standin, tmp_path):
+    env = {
+        "OLTR_MODEL_PATH": str(standin),
+        "OLTR_WARMUP_MIN_S": "3",
+        "OLTR_JSON_LOGS": "true",
+        "OLTR_PROVIDERS": "cpu" if HAS_CUDA else "cuda",
+    }
+    service = ServiceProcess(env, tmp_path / "service.log", cli="uvicorn")
+    try:
+        service.wait_until("/healthz", 200)
+        fresh = httpx.get(service.url + "/metrics").text
+        for series in (
+            'oltr_images_classified_total{outcome="known"} 0.0',
+            'oltr_images_classified_total{outcome="unknown"} 0.0',
+            'oltr_rejected_requests_total{reason="queue_full"} 0.0',
+            'oltr_predictions_total{label="green"} 0.0',
+        ):
+            assert series in fresh  # exist at 0 before the first image, for rate()
+        not_ready = httpx.get(service.url + "/readyz")
+        assert not_ready.status_code == 503 and not_ready.json()["status"] == "warming_up"
+        early = httpx.post(service.url + "/classify", files=_files(1))
+        assert early.status_code == 503 and early.headers["retry-after"] == "1"
+        assert early.json()["error"]["code"] == "not_ready"
+        started = time.monotonic()
+        service.wait_until("/readyz", 200)
+        assert time.monotonic() - started > 1.0  # the warm-up really held readiness back
+        assert httpx.post(service.url + "/classify", files=_files(1)).status_code == 200
+        if not HAS_CUDA:
+            providers = httpx.get(service.url + "/v1/model").json()["providers"]
+            assert providers["requested"][0] == "CUDAExecutionProvider"
+            assert providers["active"] == ["CPUExecutionProvider"] and providers["fallback"]
+            metrics = httpx.get(service.url + "/metrics").text
+            assert metric_value(metrics, "oltr_provider_fallback") == 1
+    finally:
+        assert service.stop() in CLEAN_EXIT
+    assert "Application shutdown complete" in service.logs()
+    records = [json.loads(line) for line in service.logs().splitlines() if line.startswith("{")]
+    assert records and all(
+        {"ts", "level", "logger", "message", "request_id"} <= r.keys() for r in records
+    )
+    if not HAS_CUDA:
+        assert any(r["level"] == "warning" and "provider fallback" in r["message"] for r in records)
+    assert any(r["message"].startswith("ready: model") for r in records)
+
+
+def test_sigterm_drains_queued_requests(tmp_path):
+    # A slow stand-in (32 conv layers at 128 px, ~0.3 s per image on 2 cores) run one image
+    # per batch: of 6 concurrent requests 1 runs, 2 queue (OLTR_MAX_QUEUE=2), 3 are refused.
+    slow = write_model(
+        tmp_path / "slow.onnx", build_standin(work_layers=32, input_size=128, resize_shorter=128)
+    )
+    env = {
+        "OLTR_MODEL_PATH": str(slow),
+        "OLTR_MAX_BATCH_SIZE": "1",
+        "OLTR_MAX_QUEUE": "2",
+        "OLTR_MAX_FILES": "1",
+        "OLTR_WARMUP_RUNS": "1",
+    }
+    service = ServiceProcess(env, tmp_path / "service.log")
+    try:
+        service.wait_until()
+
+        def post() -> httpx.Response:
+            return httpx.post(service.url + "/classify", files=_files(1), timeout=60)
+
+        with ThreadPoolExecutor(6) as pool:
+            futures = [pool.submit(post) for _ in range(6)]
+            refused = []
+            for future in as_completed(futures, timeout=60):
+                refused.append(future.result())
+                if len(refused) == 3:  # all 6 reached the server; 3 are still in it
+                    break
+            service.proc.send_signal(signal.SIGTERM)
+            responses = [f.result(timeout=60) for f in futures]
+        assert [r.status_code for r in refused] == [503] * 3
+        assert sorted(r.status_code for r in responses) == [200] * 3 + [503] * 3
+        full = refused[0]
+        assert full.json()["error"]["code"] == "queue_full"
+        assert full.headers["retry-after"] == "1"
+        assert service.proc.wait(timeout=30) in CLEAN_EXIT
+        with pytest.raises(httpx.TransportError):
+            post()
+    finally:
+        service.stop()
+    logs = service.logs()
+    assert "shutdown: batcher drained" in logs and "Application shutdown complete" in logs
+    assert logs.index("Shutting down") < logs.rindex('"POST /classify HTTP/1.1" 200')
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"OLTR_MODEL_PATH": "/nowhere/model.onnx"}, "model file not found: /nowhere/model.onnx"),
+        ({"OLTR_UNKNOWN_SCORE": "energy"}, "set OLTR_THRESHOLD too"),
+    ],
+)
+def test_startup_refuses_a_bad_model_or_policy(standin, tmp_path, env, message):
+    service = ServiceProcess({"OLTR_MODEL_PATH": str(standin), **env}, tmp_path / "s.log")
+    assert service.proc.wait(timeout=60) != 0
+    service.stop()
+    assert "start-up failed" in service.logs() and message in service.logs()
