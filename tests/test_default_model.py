@@ -12,6 +12,7 @@ import pytest
 
 from training.config import load_config
 from training.data import eval_transform, load_image, load_split
+from training.scorers import combined
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "default"
 # The overrides `make default-model` passes to `python -m training.fit`.
@@ -81,6 +82,7 @@ def test_graph_contract(session, card):
 
 
 def _scores(session, card, samples) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted classes and the card's unknown score, computed from the graph's outputs."""
     transform = eval_transform(load_config(overrides=DEFAULT_OVERRIDES).data)
     batch = np.stack(
         [
@@ -88,9 +90,10 @@ def _scores(session, card, samples) -> tuple[np.ndarray, np.ndarray]:
             for path, _ in samples
         ]
     )
-    logits, probabilities = session.run(["logits", "probabilities"], {"image": batch})
-    assert card["unknown_score"]["name"] == "max_softmax"
-    return logits.argmax(1), probabilities.max(1)
+    probabilities, reach = session.run(["probabilities", "reachability"], {"image": batch})
+    assert card["unknown_score"]["name"] == "combined"
+    parts = {"max_softmax": probabilities.max(1), "reachability": reach}
+    return probabilities.argmax(1), combined(parts, card["unknown_score"]["params"])
 
 
 def test_held_out_digits_are_recognised_and_open_digits_rejected_more_often(session, card):

@@ -173,6 +173,7 @@ def test_export_cli_writes_a_servable_model_with_its_card(tiny_run, tmp_path):
     assert card["input_size"] == 16
     assert card["preprocess"]["resize_shorter"] == 16
     assert card["unknown_score"]["name"] == "combined"
+    assert set(card["unknown_score"]["params"]) == {"max_softmax", "reachability"}
     decision = tiny_run.metrics["oltr"]["open_set"]["decision"]
     assert card["threshold"] == decision["threshold"]
     assert card["calibration"]["known_accept"] >= 0.95

@@ -12,7 +12,7 @@ from training.config import FitConfig
 from training.data import eval_preprocess_params
 from training.export import export_onnx
 from training.models import OLTRNet
-from training.scorers import score_definition
+from training.scorers import COMBINED, score_definition
 
 INPUT_LAYOUT = "NHWC uint8 RGB"
 
@@ -31,6 +31,7 @@ def build_card(cfg: FitConfig, metrics: dict[str, Any]) -> dict[str, Any]:
             "name": score,
             "definition": score_definition(score),
             "higher_is_known": True,
+            "params": oltr["open_set"].get("combined_params") if score == COMBINED else None,
         },
         "threshold": decision["threshold"],
         "calibration": {

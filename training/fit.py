@@ -157,20 +157,7 @@ def _stage1(cfg, run_dir, data, device, extra):
     model.to(device)
     if not ckpt2.is_file() and (state is None or state["epoch"] + 1 < cfg.stage1.epochs):
         weights = LossWeights.for_stage(data.train_counts, cfg.stage1.logit_adjust_tau)
-        run = StageRun(
-            1,
-            _wrap(model, device),
-            data.train,
-            device,
-            ckpt1,
-            {**extra, "stage": "plain"},
-            weights=weights,
-            seed=cfg.seed,
-            num_workers=cfg.data.num_workers,
-            state=state,
-            on_epoch_end=_val_accuracy(model, data, device),
-        )
-        history = run_stage(cfg.stage1, run)
+        history = _train(1, cfg, model, data, device, ckpt1, extra, weights, state)
     plain_report = _plain_report(run_dir, model, data, cfg, device)
     return model, plain_report, history
 
@@ -205,25 +192,30 @@ def _stage2(cfg, run_dir, data, device, extra, model: OLTRNet):
             cfg.loss.centroid_weight,
             cfg.loss.margin,
         )
-        run = StageRun(
-            2,
-            _wrap(model, device),
-            data.train,
-            device,
-            ckpt2,
-            {**extra, "stage": "oltr"},
-            weights=weights,
-            seed=cfg.seed + 1,
-            num_workers=cfg.data.num_workers,
-            state=state,
-            on_epoch_end=_val_accuracy(model, data, device),
-        )
-        history = run_stage(cfg.stage2, run)
+        history = _train(2, cfg, model, data, device, ckpt2, extra, weights, state)
         if cfg.stage2.recompute_centroids:
             model.set_centroids(
                 class_means(model, data.loader("train_eval"), len(data.class_names), device)
             )
     return model, history
+
+
+def _train(number, cfg, model, data, device, checkpoint, extra, weights, state):
+    """Run training stage ``number`` (1 or 2) of ``model``; returns its history."""
+    run = StageRun(
+        number,
+        _wrap(model, device),
+        data.train,
+        device,
+        checkpoint,
+        {**extra, "stage": model.stage},
+        weights=weights,
+        seed=cfg.seed + number - 1,
+        num_workers=cfg.data.num_workers,
+        state=state,
+        on_epoch_end=_val_accuracy(model, data, device),
+    )
+    return run_stage(cfg.stage1 if number == 1 else cfg.stage2, run)
 
 
 def _wrap(model: nn.Module, device: torch.device) -> nn.Module:
