@@ -196,3 +196,15 @@ def test_export_of_a_bad_run_is_a_clear_error_and_writes_nothing(tmp_path, capsy
     err = capsys.readouterr().err
     assert "error:" in err and str(run_dir) in err
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.slow
+def test_evaluate_cli_reproduces_the_runs_own_figures(tiny_run, tmp_path):
+    from training.evaluate import main as evaluate_main
+
+    assert evaluate_main([str(tiny_run.run_dir), "--out", str(tmp_path), "--device", "cpu"]) == 0
+    report = json.loads((tmp_path / "eval.json").read_text())
+    expected = tiny_run.metrics["oltr"]
+    assert report["closed_set"]["overall"] == pytest.approx(expected["closed_set"]["overall"])
+    assert report["open_set"]["decision"] == pytest.approx(expected["open_set"]["decision"])
+    assert "few-shot" in (tmp_path / "eval.md").read_text()
