@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from service.errors import describe_errors
+
 CARD_KEY = "oltr.card"
 Interpolation = Literal["bilinear", "bicubic", "nearest"]
 ScoreName = Literal["reachability", "max_softmax", "energy", "combined"]
@@ -90,7 +92,5 @@ def parse_card(text: str | None, source: str) -> ModelCard:
     try:
         return ModelCard.model_validate(raw)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '<card>'}: {e['msg']}" for e in err.errors()
-        )
+        problems = describe_errors(err.errors(), root="<card>")
         raise ValueError(f"{source}: invalid model card: {problems}") from err

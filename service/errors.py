@@ -8,6 +8,8 @@ exception is registered by :func:`install_handlers`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -127,10 +129,14 @@ async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
     return error_response(request, exc.status, exc.code, exc.message, headers)
 
 
+def describe_errors(errors: Sequence[Mapping[str, Any]], root: str = "<root>") -> str:
+    """pydantic validation errors as one line: ``a.b: message; c: message``."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or root}: {e['msg']}" for e in errors)
+
+
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     metrics.REJECTED.labels(reason="bad_request").inc()
-    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-    return error_response(request, 422, "validation_error", problems)
+    return error_response(request, 422, "validation_error", describe_errors(exc.errors()))
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
