@@ -113,7 +113,8 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device, desc: st
         if out.reach is not None:
             fields |= {"reach": out.reach, "min_dist": out.min_dist, "nearest": out.nearest}
         for key, value in fields.items():
-            chunks.setdefault(key, []).append(value.float().cpu().numpy())
+            value = value.float() if value.is_floating_point() else value  # AMP halves
+            chunks.setdefault(key, []).append(value.cpu().numpy())
     return {key: np.concatenate(parts) for key, parts in chunks.items()}
 
 

@@ -98,7 +98,7 @@ def collect(model: OLTRNet, loader: DataLoader, device: torch.device, desc: str)
     """Argmax predictions and every available score of ``model`` over ``loader``."""
     out = predict(model, loader, device, desc=desc)
     collector = ScoreCollector()
-    collector.update(out["logits"], out["labels"].astype(np.int64), out.get("reach"))
+    collector.update(out["logits"], out["labels"], out.get("reach"))
     return collector.compute()
 
 
