@@ -1,4 +1,4 @@
-"""The training and inference loops: train_one_epoch, predict, class_means."""
+"""The training and inference loops: train_one_epoch, predict, class_means, reset_centroids."""
 
 from __future__ import annotations
 
@@ -140,6 +140,12 @@ def class_means(
     if empty:
         raise ValueError(f"no training features for class indices {empty}")
     return (sums / counts[:, None]).float()
+
+
+def reset_centroids(model: nn.Module, loader: DataLoader, device: torch.device) -> None:
+    """Set the centroid memory to the class means of the direct features over ``loader``."""
+    net = unwrap(model)
+    net.set_centroids(class_means(net, loader, net.num_classes, device))
 
 
 def _progress(loader: DataLoader, desc: str) -> Iterator:

@@ -25,7 +25,7 @@ from training.atomic import write_text_atomic
 from training.checkpoint import CheckpointError, load_checkpoint
 from training.config import ConfigError, FitConfig, load_config, preset_names, save_config
 from training.data import DataError, load_split
-from training.engine import LossWeights, class_means, predict, unwrap
+from training.engine import LossWeights, predict, reset_centroids, unwrap
 from training.evaluate import EvalData, evaluate_model, write_reports
 from training.models import OLTRNet, build_model
 from training.stages import StageRun, run_stage
@@ -181,9 +181,7 @@ def _stage2(cfg, run_dir, data, device, extra, model: OLTRNet):
     if state is not None:
         model.load_state_dict(state["model"])
     else:
-        model.set_centroids(
-            class_means(model, data.loader("train_eval"), len(data.class_names), device)
-        )
+        reset_centroids(model, data.loader("train_eval"), device)
     history: list[dict[str, Any]] = list(state["history"]) if state else []
     if state is None or state["epoch"] + 1 < cfg.stage2.epochs:
         weights = LossWeights.for_stage(
@@ -194,9 +192,7 @@ def _stage2(cfg, run_dir, data, device, extra, model: OLTRNet):
         )
         history = _train(2, cfg, model, data, device, ckpt2, extra, weights, state)
         if cfg.stage2.recompute_centroids:
-            model.set_centroids(
-                class_means(model, data.loader("train_eval"), len(data.class_names), device)
-            )
+            reset_centroids(model, data.loader("train_eval"), device)
     return model, history
 
 

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from training.checkpoint import load_checkpoint
 from training.config import FitConfig, StageConfig
-from training.engine import LossWeights, class_means
+from training.engine import LossWeights, reset_centroids
 from training.models import OLTRNet
 from training.stages import StageRun, run_stage
 
@@ -118,7 +118,7 @@ def init_centroids(
 ) -> None:
     """Centroids = class means of the direct features of the training images (eval mode)."""
     loader = DataLoader(train_eval, batch_size=batch, shuffle=False, num_workers=workers)
-    model.set_centroids(class_means(model, loader, model.num_classes, device))
+    reset_centroids(model, loader, device)
 
 
 def train_oltr(
