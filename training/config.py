@@ -100,6 +100,15 @@ class LossConfig(_Strict):
     """lambda; the official configs use 0.01, the paper text says 0.1."""
     margin: float = Field(1.0, ge=0)
     """Per-sample hinge margin m: max(0, d(v, c_y) - min_{k != y} d(v, c_k) + m)."""
+    centroid_update: Literal["ema", "gradient"] = "ema"
+    """How the centroid memory follows the features during stage 2. ema: after every step each
+    class present in the batch moves ``centroid_ema_rate`` of the way to its batch-mean v_direct,
+    whatever lambda is (the centroid loss then trains the features only). gradient: the centroids
+    learn through lambda * centroid loss at stage2.centroid_lr, so lambda scales their step too
+    (with lambda 0.01 they barely move: docs/BENCHMARKS.md)."""
+    centroid_ema_rate: float = Field(0.1, gt=0, le=1)
+    """ema only: the fraction of the gap to the batch class mean closed per step (0.1 is the
+    official code's effective step: lr 0.01 with momentum 0.9 on a count-normalised gradient)."""
 
 
 class StageConfig(_Strict):

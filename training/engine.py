@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from training import distributed as dist_utils
+from training.config import FitConfig
 from training.losses import centroid_loss
 from training.models import OLTRNet
 
@@ -26,6 +27,8 @@ class LossWeights:
     margin: float = 0.0
     logit_shift: torch.Tensor | None = None
     """tau * log(class prior), added to the logits inside the training loss only."""
+    centroid_ema_rate: float = 0.0
+    """> 0: centroids follow the batch class means at this rate (no gradient); 0: by gradient."""
 
     @classmethod
     def for_stage(
@@ -37,6 +40,21 @@ class LossWeights:
             prior = torch.tensor(train_counts, dtype=torch.float32)
             shift = tau * torch.log(prior / prior.sum())
         return cls(centroid_weight, margin, shift)
+
+    @property
+    def centroids_by_gradient(self) -> bool:
+        """Whether the centroid memory learns through the loss (else it is not a trained weight)."""
+        return self.centroid_weight > 0 and self.centroid_ema_rate == 0
+
+    @classmethod
+    def for_oltr(cls, train_counts: list[int], cfg: FitConfig) -> LossWeights:
+        """Stage 2 of OLTR: ``cfg.loss``'s centroid loss and update, ``cfg.stage2``'s tau."""
+        weights = cls.for_stage(
+            train_counts, cfg.stage2.logit_adjust_tau, cfg.loss.centroid_weight, cfg.loss.margin
+        )
+        if cfg.loss.centroid_update == "ema":
+            weights.centroid_ema_rate = cfg.loss.centroid_ema_rate
+        return weights
 
 
 def unwrap(model: nn.Module) -> OLTRNet:
@@ -75,9 +93,12 @@ def train_one_epoch(
             c_loss = torch.zeros((), device=device)
             centroids = unwrap(model).centroids
             if weights.centroid_weight > 0 and centroids is not None:
-                c_loss = centroid_loss(out.direct.float(), labels, centroids, weights.margin).total
+                target = centroids.detach() if weights.centroid_ema_rate > 0 else centroids
+                c_loss = centroid_loss(out.direct.float(), labels, target, weights.margin).total
                 loss = loss + weights.centroid_weight * c_loss
         _step(optimizer, loss, scaler)
+        if weights.centroid_ema_rate > 0 and centroids is not None:
+            follow_class_means(centroids, out.direct.detach(), labels, weights.centroid_ema_rate)
         n = labels.numel()
         totals["loss"] += loss.item() * n
         totals["centroid_loss"] += c_loss.item() * n
@@ -87,6 +108,25 @@ def train_one_epoch(
     loss_sum, c_sum, correct, seen = sums.tolist()
     seen = max(seen, 1.0)
     return {"loss": loss_sum / seen, "centroid_loss": c_sum / seen, "train_acc": correct / seen}
+
+
+@torch.no_grad()
+def follow_class_means(
+    centroids: torch.Tensor, features: torch.Tensor, labels: torch.Tensor, rate: float
+) -> None:
+    """Move each centroid ``rate`` of the way to its class's mean feature in this batch.
+
+    ``c_k <- c_k + rate * (mean_k - c_k)`` for every class k in the batch (summed across ranks
+    first, so every rank applies the same update); absent classes keep their centroid.
+    """
+    num_classes = centroids.shape[0]
+    sums = torch.zeros(centroids.shape, dtype=torch.float64, device=centroids.device)
+    sums.index_add_(0, labels, features.double())
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    sums, counts = dist_utils.all_reduce_sum(sums), dist_utils.all_reduce_sum(counts)
+    present = counts > 0
+    means = sums[present] / counts[present, None]
+    centroids[present] += (rate * (means - centroids[present].double())).to(centroids.dtype)
 
 
 def _step(

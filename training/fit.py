@@ -184,12 +184,7 @@ def _stage2(cfg, run_dir, data, device, extra, model: OLTRNet):
         reset_centroids(model, data.loader("train_eval"), device)
     history: list[dict[str, Any]] = list(state["history"]) if state else []
     if state is None or state["epoch"] + 1 < cfg.stage2.epochs:
-        weights = LossWeights.for_stage(
-            data.train_counts,
-            cfg.stage2.logit_adjust_tau,
-            cfg.loss.centroid_weight,
-            cfg.loss.margin,
-        )
+        weights = LossWeights.for_oltr(data.train_counts, cfg)
         history = _train(2, cfg, model, data, device, ckpt2, extra, weights, state)
         if cfg.stage2.recompute_centroids:
             reset_centroids(model, data.loader("train_eval"), device)
@@ -198,6 +193,8 @@ def _stage2(cfg, run_dir, data, device, extra, model: OLTRNet):
 
 def _train(number, cfg, model, data, device, checkpoint, extra, weights, state):
     """Run training stage ``number`` (1 or 2) of ``model``; returns its history."""
+    if model.centroids is not None:  # DDP must not wait for a gradient that never comes
+        model.centroids.requires_grad_(weights.centroids_by_gradient)
     run = StageRun(
         number,
         _wrap(model, device),

@@ -4,6 +4,8 @@ The centroid loss acts on v_direct. Attract: ``0.5 * ||v - c_y||^2``, batch mean
 (project choice, replacing the authors' batch-level hinge that is almost always zero): per-sample
 hinge ``max(0, ||v - c_y|| - min_{k != y} ||v - c_k|| + m)``, batch mean. Gradients come from
 autograd, so lambda scales the centroid gradient too (the authors' custom backward ignored it).
+Training passes detached centroids when they follow the class means instead
+(``loss.centroid_update=ema``, :func:`training.engine.follow_class_means`).
 """
 
 from __future__ import annotations

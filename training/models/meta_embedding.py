@@ -1,8 +1,9 @@
 """Dynamic meta-embedding: visual memory, reachability, hallucinator and concept selector.
 
 Method notes section 3 (paper Eqs. 1-4). The centroid memory is an ``nn.Parameter`` named
-``centroids`` (saved in state_dict, exported as an ONNX constant); it is learned through the
-centroid loss only, as in the authors' code, so the head reads it detached.
+``centroids`` (saved in state_dict, exported as an ONNX constant). The head reads it detached:
+it changes only through the stage-2 centroid update (``loss.centroid_update``: an EMA of the
+batch class means, or the centroid loss's gradient).
 """
 
 from __future__ import annotations
