@@ -130,6 +130,22 @@ def test_cached_stage_requires_a_frozen_backbone():
         protocol.base_config()
 
 
+def test_cached_methods_cannot_unfreeze_the_backbone():
+    unfrozen = MethodSpec(title="ft", kind="oltr", overrides=["stage2.freeze_backbone=false"])
+    protocol = ProtocolSpec(
+        title="p",
+        fit=["stage2.freeze_backbone=true"],
+        cache_stage2=True,
+        methods={"ft": unfrozen},
+    )
+    with pytest.raises(ConfigError, match="'ft'.*cached: false"):
+        protocol.base_config()
+    protocol.methods["ft"] = unfrozen.model_copy(update={"cached": False})
+    assert protocol.base_config().stage2.freeze_backbone
+    with pytest.raises(ValueError, match="classifier and oltr methods"):
+        MethodSpec(title="x", kind="posthoc", cached=False)
+
+
 @pytest.mark.parametrize("name", ["quick", "full"])
 def test_bundled_configs_validate(name):
     bench = load_bench_config(name)
@@ -239,6 +255,8 @@ protocols:
       oltr: {title: OLTR, kind: oltr}
       oltr_paper: {title: OLTR paper squash, kind: oltr, overrides: [model.squash=paper]}
       bs_scratch: {title: BS scratch, kind: scratch, overrides: [stage1.logit_adjust_tau=1]}
+      oltr_ft: {title: OLTR fine-tuned, kind: oltr, cached: false,
+                overrides: [stage2.freeze_backbone=false]}
   finetune:
     title: tiny, stage 2 on images
     fit: [data.input_size=16, data.resize_size=16, model.feat_dim=32, stage1.epochs=1,
@@ -301,6 +319,7 @@ def test_smoke_run_writes_results_report_and_plots(tiny_bench):
         "oltr",
         "oltr_paper",
         "bs_scratch",
+        "oltr_ft",
     ]
     for method in scratch["methods"].values():
         assert 0.0 <= method["metrics"]["top1/overall"]["mean"] <= 1.0
@@ -344,6 +363,9 @@ def test_smoke_methods_use_their_own_model_options(tiny_bench):
     assert _run_result(base, "scratch", "oltr_paper")["model_config"]["squash"] == "paper"
     assert _run_result(base, "finetune", "oltr")["model_config"]["attention"] is False
     assert _run_result(base, "finetune", "plain")["model_config"]["attention"] is True
+    assert _run_result(base, "scratch", "oltr")["stage2_on_cached_maps"] is True
+    assert _run_result(base, "scratch", "oltr_ft")["stage2_on_cached_maps"] is False
+    assert _run_result(base, "finetune", "oltr")["stage2_on_cached_maps"] is False
 
 
 @needs_data

@@ -136,12 +136,7 @@ def train_oltr(
     if model.stage != "oltr":
         raise ValueError("train_oltr needs a stage 'oltr' model (call to_oltr first)")
     init_centroids(model, train_eval, device, cfg.eval.batch_size, _workers(cfg, cached))
-    weights = LossWeights.for_stage(
-        extra["train_counts"],
-        cfg.stage2.logit_adjust_tau,
-        cfg.loss.centroid_weight,
-        cfg.loss.margin,
-    )
+    weights = LossWeights.for_oltr(extra["train_counts"], cfg)
     run = StageRun(
         2,
         model,

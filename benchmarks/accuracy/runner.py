@@ -177,9 +177,10 @@ class Benchmark:
                 spec = protocol.methods[method]
                 run_cfg = self.run_config(protocol, seed, spec)
                 out = seed_dir / method
+                method_maps = maps if spec.cached else None
                 try:
                     result = self._run_method(
-                        method, run_cfg, spec, data, plain, maps, protocol, out
+                        method, run_cfg, spec, data, plain, method_maps, protocol, out
                     )
                 except (ValueError, RuntimeError) as err:  # e.g. a diverged run: NaN scores
                     log.error("%s seed %d %s failed: %s", name, seed, method, err)
@@ -351,6 +352,7 @@ class Benchmark:
             "class_names": data.class_names,
             "model_config": model.cfg.model_dump(mode="json"),
             "train_counts": data.train_counts,
+            "stage2_on_cached_maps": maps is not None,
             "report": rep,
             "diagnostics": diagnostics(outs, centroids),
             "train_seconds": round(train_seconds, 1),

@@ -84,11 +84,17 @@ class MethodSpec(_Strict):
     """classifier only: re-initialise the linear classifier before training it (cRT)."""
     tau: float = Field(1.0, gt=0)
     """posthoc only: the logit-adjustment strength."""
+    cached: bool = True
+    """false: this method's stage 2 trains on the images, not on the protocol's cached maps, so
+    ``stage2.freeze_backbone=false`` fine-tunes the shared stage-1 backbone (the paper's
+    ImageNet-LT recipe) where the protocol's other methods keep it frozen."""
 
     @model_validator(mode="after")
     def _branch_overrides(self) -> MethodSpec:
         if self.kind in ("plain", "posthoc") and self.overrides:
             raise ValueError(f"a {self.kind!r} method takes no overrides")
+        if not self.cached and self.kind not in ("classifier", "oltr"):
+            raise ValueError(f"'cached: false' is for classifier and oltr methods, not {self.kind}")
         if self.kind in ("classifier", "oltr"):
             bad = [o for o in self.overrides if o.startswith(_BRANCH_FORBIDDEN)]
             if bad:
@@ -129,6 +135,14 @@ class ProtocolSpec(_Strict):
                 )
         if self.cache_stage1 and not self.cache_stage2:
             raise ConfigError(f"protocol {self.title!r}: cache_stage1 needs cache_stage2")
+        for name, method in self.methods.items():
+            if self.cache_stage2 and method.cached and method.kind in ("classifier", "oltr"):
+                own = load_config(overrides=[*self.fit, *method.overrides])
+                if not own.stage2.freeze_backbone:
+                    raise ConfigError(
+                        f"protocol {self.title!r}: method {name!r} unfreezes the backbone in "
+                        "stage 2, which the cached maps cannot do; add 'cached: false' to it"
+                    )
         return cfg
 
 
