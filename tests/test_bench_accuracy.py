@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from benchmarks.accuracy.aggregate import summarise
 from benchmarks.accuracy.cli import main
@@ -430,10 +431,24 @@ def test_diagnose_explains_a_fit_run(tmp_path, capsys):
         f"data.cache_dir={tmp_path / 'cache'}",
     ]
     run = fit(load_config(overrides=tiny), tmp_path / "run", export=False).run_dir
-    assert diagnose_main([str(run)]) == 0
+    far = tmp_path / "far"
+    far.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):  # noise photos: a far open set anyone can make
+        Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(far / f"{i}.png")
+    assert diagnose_main([str(run), "--far", str(far)]) == 0
     (result,) = json.loads(capsys.readouterr().out)
     for key in ("auroc", "auroc_after_recomputing_centroids"):
         assert set(result[key]) == {"reachability", "max_softmax", "energy"}
         assert all(0.0 <= v <= 1.0 for v in result[key].values())
     assert result["centroids"]["drift"] >= 0.0
     assert result["feature_norm_mean"]["known"] > 0.0
+    assert result["far"]["images"] == 3
+    assert set(result["far"]) == {"images", "reachability", "max_softmax", "energy", "combined"}
+    for score in ("reachability", "combined"):
+        assert result["far"][score]["rejected_at_threshold"] in (0.0, 1 / 3, 2 / 3, 1.0)
+        assert 0.0 <= result["far"][score]["auroc"] <= 1.0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert diagnose_main([str(run), "--far", str(empty)]) == 1
+    assert "no images found" in capsys.readouterr().err

@@ -5,6 +5,9 @@ own test and open-test images and prints, as JSON: AUROC of reachability, max so
 energy; the same reachability after resetting the centroids to the class means of the final
 features (do stale centroids explain it?); the AUROC of the feature norm and of the cosine to
 the nearest centroid; mean feature norms and nearest-centroid distances; centroid norm and drift.
+With ``--far FOLDER`` (e.g. the extracted ImageNet sample in ~/.cache/oltr/bench-accuracy) it
+also scores those images as a far open set: AUROC against the known test images and the share
+each score rejects at the run's own calibrated threshold (``metrics.json``).
 """
 
 from __future__ import annotations
@@ -17,15 +20,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from benchmarks.accuracy.branches import init_centroids
-from benchmarks.accuracy.scoring import alternative_scores, centroid_stats
+from benchmarks.accuracy.scoring import alternative_scores, centroid_stats, scored
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from training.data import DataError, load_split
+from training.data import DataError, ImageDataset, eval_transform, list_images, load_split
 from training.engine import predict
 from training.evaluate import EvalData
 from training.metrics import auroc
-from training.scorers import energy, max_softmax
+from training.scorers import COMBINED, COMBINED_PARTS, combined, energy, max_softmax
 
 
 def _outputs(model, data: EvalData, names: list[str]) -> dict[str, dict[str, np.ndarray]]:
@@ -42,11 +46,47 @@ def _aurocs(known: dict[str, np.ndarray], unknown: dict[str, np.ndarray]) -> dic
     return {name: auroc(k, u) for name, (k, u) in scores.items()}
 
 
-def diagnose(run_dir: Path) -> dict[str, Any]:
+def _all_scores(out: dict[str, np.ndarray], thresholds: dict[str, float]) -> dict[str, np.ndarray]:
+    """Every computed score, plus ``combined`` with the run's part thresholds as parameters."""
+    scores = dict(scored(out).scores)
+    if COMBINED in thresholds:
+        scores[COMBINED] = combined(scores, {p: thresholds[p] for p in COMBINED_PARTS})
+    return scores
+
+
+def _far_rejection(
+    run_dir: Path, model, cfg, known: dict[str, np.ndarray], far: Path
+) -> dict[str, Any]:
+    """AUROC (known test vs ``far``) and the share of ``far`` rejected, per reported score."""
+    images = list_images(far)
+    if not images:
+        raise DataError(f"--far {far}: no images found")
+    loader = DataLoader(
+        ImageDataset([(p, -1) for p in images], eval_transform(cfg.data)),
+        batch_size=cfg.eval.batch_size,
+    )
+    outs = predict(model, loader, torch.device("cpu"), "far")
+    scored = json.loads((run_dir / "metrics.json").read_text())["oltr"]["open_set"]["scores"]
+    thresholds = {name: entry["threshold"] for name, entry in scored.items()}
+    known_scores, far_scores = _all_scores(known, thresholds), _all_scores(outs, thresholds)
+    return {
+        "images": len(images),
+        **{
+            name: {
+                "auroc": auroc(known_scores[name], far_scores[name]),
+                "rejected_at_threshold": float((far_scores[name] < thresholds[name]).mean()),
+            }
+            for name in thresholds
+        },
+    }
+
+
+def diagnose(run_dir: Path, far: Path | None = None) -> dict[str, Any]:
     """The diagnostics of ``run_dir``'s stage-2 model on its own test and open-test images."""
     model, cfg = model_from_checkpoint(load_checkpoint(run_dir / "checkpoints" / "stage2.pt"))
     data = EvalData.from_split(load_split(cfg.data), cfg)
     outs = _outputs(model, data, ["train_eval", "test", "open_test"])
+    far_result = None if far is None else _far_rejection(run_dir, model, cfg, outs["test"], far)
     known, unknown = outs["test"], outs["open_test"]
     centroids = model.centroids.detach().numpy().copy()
     alt_k = alternative_scores(known["direct"], centroids)
@@ -69,6 +109,8 @@ def diagnose(run_dir: Path) -> dict[str, Any]:
     init_centroids(model, data.eval_sets["train_eval"], torch.device("cpu"), cfg.eval.batch_size)
     fresh = _outputs(model, data, ["test", "open_test"])
     result["auroc_after_recomputing_centroids"] = _aurocs(fresh["test"], fresh["open_test"])
+    if far_result is not None:
+        result["far"] = far_result
     return result
 
 
@@ -78,9 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m benchmarks.accuracy.diagnose", description=__doc__.split("\n")[0]
     )
     parser.add_argument("run_dirs", type=Path, nargs="+", help="training.fit run directories")
+    parser.add_argument("--far", type=Path, help="a folder of far-open images to score as well")
     args = parser.parse_args(argv)
     try:
-        results = [diagnose(d) for d in args.run_dirs]
+        results = [diagnose(d, args.far) for d in args.run_dirs]
     except (CheckpointError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
