@@ -92,6 +92,7 @@ def test_paper_presets_follow_the_method_notes():
     places = load_config(preset="places_lt")
     assert places.model.backbone == "resnet152"
     assert places.stage2.freeze_backbone is True
+    assert places.loss.centroid_weight == 0.0  # frozen backbone: docs/BENCHMARKS.md
 
 
 def test_unknown_preset_lists_the_choices():

@@ -4,6 +4,7 @@ resume, evaluation outputs, the CLI's errors, and the DistributedDataParallel pa
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import torch
 
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import load_config
-from training.fit import fit, main
+from training.fit import _warn_frozen_centroid_loss, fit, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -208,3 +209,14 @@ def test_evaluate_cli_reproduces_the_runs_own_figures(tiny_run, tmp_path):
     assert report["closed_set"]["overall"] == pytest.approx(expected["closed_set"]["overall"])
     assert report["open_set"]["decision"] == pytest.approx(expected["open_set"]["decision"])
     assert "few-shot" in (tmp_path / "eval.md").read_text()
+
+
+def test_frozen_backbone_with_centroid_loss_warns(caplog):
+    with caplog.at_level(logging.WARNING, logger="training.fit"):
+        _warn_frozen_centroid_loss(load_config(overrides=["stage2.freeze_backbone=true"]))
+    assert "consider loss.centroid_weight=0" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="training.fit"):
+        _warn_frozen_centroid_loss(load_config(preset="places_lt"))
+        _warn_frozen_centroid_loss(load_config())
+    assert caplog.text == ""

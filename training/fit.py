@@ -113,6 +113,7 @@ def fit(
         device,
         dist_utils.world_size(),
     )
+    _warn_frozen_centroid_loss(cfg)
     extra = {
         "config": cfg.model_dump(mode="json"),
         "class_names": split.class_names,
@@ -142,6 +143,16 @@ def pick_device(name: str) -> torch.device:
             raise ConfigError(f"device={name!r} but CUDA is not available")
         torch.cuda.set_device(device)
     return device
+
+
+def _warn_frozen_centroid_loss(cfg: FitConfig) -> None:
+    if cfg.stage2.freeze_backbone and cfg.loss.centroid_weight > 0:
+        log.warning(
+            "stage2.freeze_backbone=true with loss.centroid_weight=%g: on a frozen backbone the "
+            "centroid loss shrinks the features and costs accuracy (docs/BENCHMARKS.md); "
+            "consider loss.centroid_weight=0",
+            cfg.loss.centroid_weight,
+        )
 
 
 def _stage1(cfg, run_dir, data, device, extra):
