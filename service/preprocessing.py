@@ -5,11 +5,8 @@ orientation, convert to RGB, resize the shorter side to S, centre-crop C x C. Re
 reproduce torchvision's ``Resize(S)`` + ``CenterCrop(C)`` on PIL images bit for bit (same size
 arithmetic, same PIL call). Scaling and normalisation live inside the ONNX graph.
 
-Colour modes: ``Image.convert("RGB")``, as training's loader does. Consequences: alpha is dropped
-(not composited on white: a transparent pixel keeps its stored colour), palette, CMYK, grey,
-YCbCr, LAB and HSV go through Pillow's own conversions. One exception: 16-bit grey ("I;16*"),
-which Pillow's convert would clip at 255 (nearly all white); it is scaled to 8 bits first
-(v * 255 / 65535, rounded). No training image is 16-bit, so parity with training is unaffected.
+Colour modes: :func:`service.pixels.to_rgb`, which training's loader uses too (alpha dropped,
+not composited on white; 16-bit grey scaled to 8 bits, not clipped).
 """
 
 from __future__ import annotations
@@ -23,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from service.errors import InvalidImage, TooManyPixels
+from service.pixels import to_rgb
 
 log = logging.getLogger("oltr.service")
 
@@ -31,7 +29,6 @@ RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
     "nearest": Image.Resampling.NEAREST,
 }
-SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 
 
 @dataclass(frozen=True)
@@ -75,14 +72,6 @@ def _exif_upright(img: Image.Image) -> Image.Image:
     except Exception as err:  # noqa: BLE001 -- a broken EXIF block must not lose the image
         log.warning("ignoring unreadable EXIF orientation: %s", err)
         return img
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """RGB as training's loader makes it (``convert("RGB")``); 16-bit grey scaled to 8 bits."""
-    if img.mode in SIXTEEN_BIT_MODES:
-        wide = np.asarray(img).astype(np.uint32)
-        img = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))  # mode L
-    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:

@@ -223,6 +223,21 @@ def test_load_image_applies_exif_orientation_and_rgb(tmp_path: Path) -> None:
     assert pixels[:20].mean() > 200 > 50 > pixels[20:].mean()
 
 
+def test_load_image_scales_sixteen_bit_grey_as_the_service_does(tmp_path: Path) -> None:
+    """A 16-bit PNG (inspection cameras write them) must train on the pixels the service will
+    see: round(v * 255 / 65535) -> 0, 1, 128, 255, not Pillow's clip to 255."""
+    from service.pixels import to_rgb
+    from service.preprocessing import decode
+
+    values = np.array([[0, 257], [32768, 65535]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "wide.png")
+    trained = np.asarray(load_image(tmp_path / "wide.png"))
+    assert trained.shape == (2, 2, 3)
+    assert np.array_equal(trained[..., 0], [[0, 1], [128, 255]])
+    served = to_rgb(decode((tmp_path / "wide.png").read_bytes(), max_pixels=100))
+    assert np.array_equal(trained, np.asarray(served))
+
+
 @pytest.fixture
 def mixed_images(tmp_path: Path) -> list[tuple[Path, int]]:
     good = [_png(tmp_path / f"g{i}.png", value=40 * i) for i in range(4)]

@@ -11,6 +11,7 @@ from _service_fixtures import encode, imagenet_photos, mnist_digits, png_bomb_he
 from PIL import Image
 
 from service.errors import InvalidImage, TooManyPixels
+from service.pixels import to_rgb
 from service.preprocessing import (
     PreprocessSpec,
     crop_box,
@@ -18,7 +19,6 @@ from service.preprocessing import (
     image_to_input,
     resize_and_crop,
     resized_size,
-    to_rgb,
 )
 
 BIG = 10**8

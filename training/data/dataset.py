@@ -25,6 +25,7 @@ from typing import Any, Literal
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
+from service.pixels import to_rgb
 from training.data.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -34,11 +35,11 @@ _READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionB
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """Decode ``path`` fully as an upright RGB image; DataError naming the path on failure."""
+    """Decode ``path`` fully as an upright 8-bit RGB image, exactly as the service decodes an
+    upload (:func:`service.pixels.to_rgb`); DataError naming the path on failure."""
     try:
         with Image.open(path) as image:
-            upright = ImageOps.exif_transpose(image)
-            return upright.convert("RGB")
+            return to_rgb(ImageOps.exif_transpose(image))
     except _READ_ERRORS as err:
         raise DataError(f"cannot read image {path}: {err}") from err
 
