@@ -131,7 +131,17 @@ def test_cli_resume_rejects_overrides(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_distributed_fit_with_two_gloo_processes(tmp_path, cache_dir):
+@pytest.mark.parametrize(
+    "centroids",
+    [
+        [],  # default: EMA centroids, updated from class means summed across ranks
+        # no gradient ever reaches the centroids: DDP must not wait for one (it used to fail
+        # with "Expected to have finished reduction in the prior iteration")
+        ["loss.centroid_update=gradient", "loss.centroid_weight=0"],
+    ],
+    ids=["ema", "gradient-lambda0"],
+)
+def test_distributed_fit_with_two_gloo_processes(tmp_path, cache_dir, centroids):
     """torchrun, 2 CPU ranks, gloo: both stages train under DistributedDataParallel."""
     run_dir = tmp_path / "ddp"
     cmd = [
@@ -149,6 +159,7 @@ def test_distributed_fit_with_two_gloo_processes(tmp_path, cache_dir):
         "stage1.epochs=1",
         "stage2.epochs=1",
         f"data.cache_dir={cache_dir}",
+        *centroids,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
