@@ -206,16 +206,15 @@ def _train(number, cfg, model, data, device, checkpoint, extra, weights, state):
     """Run training stage ``number`` (1 or 2) of ``model``; returns its history."""
     if model.centroids is not None:  # DDP must not wait for a gradient that never comes
         model.centroids.requires_grad_(weights.centroids_by_gradient)
-    run = StageRun(
+    run = StageRun.for_fit(
         number,
+        cfg,
         _wrap(model, device),
         data.train,
         device,
         checkpoint,
-        {**extra, "stage": model.stage},
-        weights=weights,
-        seed=cfg.seed + number - 1,
-        num_workers=cfg.data.num_workers,
+        extra,
+        weights,
         state=state,
         on_epoch_end=_val_accuracy(model, data, device),
     )

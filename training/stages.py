@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from training import distributed as dist_utils
 from training.checkpoint import save_checkpoint
-from training.config import StageConfig
+from training.config import FitConfig, StageConfig
 from training.engine import LossWeights, train_one_epoch, unwrap
 from training.samplers import ClassAwareSampler
 
@@ -37,6 +37,34 @@ class StageRun:
     state: dict[str, Any] | None = None
     on_epoch_end: Callable[[int], dict[str, float]] | None = None
     """Called after each epoch with the epoch index; returns extra metrics (e.g. val_acc)."""
+
+    @classmethod
+    def for_fit(
+        cls,
+        number: int,
+        cfg: FitConfig,
+        model: nn.Module,
+        train_set: Dataset,
+        device: torch.device,
+        checkpoint_path: Path,
+        checkpoint_extra: dict[str, Any],
+        weights: LossWeights,
+        **options: Any,
+    ) -> StageRun:
+        """Stage ``number`` as ``training.fit`` runs it: seed ``cfg.seed + number - 1``, the
+        config's data workers, the model's stage recorded in the checkpoint."""
+        return cls(
+            number,
+            model,
+            train_set,
+            device,
+            checkpoint_path,
+            {**checkpoint_extra, "stage": unwrap(model).stage},
+            weights=weights,
+            seed=cfg.seed + number - 1,
+            num_workers=cfg.data.num_workers,
+            **options,
+        )
 
 
 def make_optimizer(model: nn.Module, cfg: StageConfig) -> torch.optim.SGD:

@@ -2,9 +2,10 @@
 
 Stage 1 and the OLTR stage 2 follow ``training.fit`` step by step (build_model, run_stage with
 LossWeights.for_stage; to_oltr, class-mean centroids from the training images with the eval
-transform, run_stage with the centroid loss, optional recomputed centroids). They are repeated
-here rather than called through ``fit`` so that several methods can branch from one stage-1
-model and so that a frozen backbone can train on cached feature maps
+transform, run_stage with the centroid loss, optional recomputed centroids), each stage set up
+by fit's own ``StageRun.for_fit``. They are composed here rather than called through ``fit`` so
+that several methods can branch from one stage-1 model and so that a frozen backbone can train
+on cached feature maps
 (:mod:`benchmarks.accuracy.features`). Stage-1 checkpoints use fit's layout and content, so
 ``fit(cfg, run_dir, resume=True)`` accepts them.
 """
@@ -63,17 +64,8 @@ def train_stage1(
         if state["epoch"] + 1 >= cfg.stage1.epochs:
             return list(state["history"])
     weights = LossWeights.for_stage(extra["train_counts"], cfg.stage1.logit_adjust_tau)
-    run = StageRun(
-        1,
-        model,
-        train_set,
-        device,
-        checkpoint,
-        {**extra, "stage": "plain"},
-        weights=weights,
-        seed=cfg.seed,
-        num_workers=cfg.data.num_workers,
-        state=state,
+    run = StageRun.for_fit(
+        1, cfg, model, train_set, device, checkpoint, extra, weights, state=state
     )
     return run_stage(_frozen(cfg.stage1, cached), run)
 
@@ -99,17 +91,7 @@ def train_classifier(
     if reinit:
         model.classifier.reset_parameters()
     weights = LossWeights.for_stage(extra["train_counts"], cfg.stage2.logit_adjust_tau)
-    run = StageRun(
-        2,
-        model,
-        train_set,
-        device,
-        checkpoint,
-        {**extra, "stage": "plain"},
-        weights=weights,
-        seed=cfg.seed + 1,
-        num_workers=cfg.data.num_workers,
-    )
+    run = StageRun.for_fit(2, cfg, model, train_set, device, checkpoint, extra, weights)
     return run_stage(_frozen(cfg.stage2, cached), run)
 
 
@@ -137,17 +119,7 @@ def train_oltr(
         raise ValueError("train_oltr needs a stage 'oltr' model (call to_oltr first)")
     init_centroids(model, train_eval, device, cfg.eval.batch_size, _workers(cfg, cached))
     weights = LossWeights.for_oltr(extra["train_counts"], cfg)
-    run = StageRun(
-        2,
-        model,
-        train_set,
-        device,
-        checkpoint,
-        {**extra, "stage": "oltr"},
-        weights=weights,
-        seed=cfg.seed + 1,
-        num_workers=cfg.data.num_workers,
-    )
+    run = StageRun.for_fit(2, cfg, model, train_set, device, checkpoint, extra, weights)
     history = run_stage(_frozen(cfg.stage2, cached), run)
     if cfg.stage2.recompute_centroids:
         init_centroids(model, train_eval, device, cfg.eval.batch_size, _workers(cfg, cached))
