@@ -119,10 +119,7 @@ def follow_class_means(
     ``c_k <- c_k + rate * (mean_k - c_k)`` for every class k in the batch (summed across ranks
     first, so every rank applies the same update); absent classes keep their centroid.
     """
-    num_classes = centroids.shape[0]
-    sums = torch.zeros(centroids.shape, dtype=torch.float64, device=centroids.device)
-    sums.index_add_(0, labels, features.double())
-    counts = torch.bincount(labels, minlength=num_classes).double()
+    sums, counts = _class_sums(features, labels, centroids.shape[0])
     sums, counts = dist_utils.all_reduce_sum(sums), dist_utils.all_reduce_sum(counts)
     present = counts > 0
     means = sums[present] / counts[present, None]
@@ -167,12 +164,10 @@ def class_means(
     sums: torch.Tensor | None = None
     counts = torch.zeros(num_classes, dtype=torch.float64, device=device)
     for images, labels in _progress(loader, "centroids"):
-        feats = net.forward_features(images.to(device)).double()
-        labels = labels.to(device)
-        if sums is None:
-            sums = torch.zeros(num_classes, feats.shape[1], dtype=torch.float64, device=device)
-        sums.index_add_(0, labels, feats)
-        counts += torch.bincount(labels, minlength=num_classes).double()
+        feats = net.forward_features(images.to(device))
+        batch_sums, batch_counts = _class_sums(feats, labels.to(device), num_classes)
+        sums = batch_sums if sums is None else sums + batch_sums
+        counts += batch_counts
     if sums is None:
         raise ValueError("cannot compute class means: the loader yielded no images")
     sums, counts = dist_utils.all_reduce_sum(sums), dist_utils.all_reduce_sum(counts)
@@ -180,6 +175,15 @@ def class_means(
     if empty:
         raise ValueError(f"no training features for class indices {empty}")
     return (sums / counts[:, None]).float()
+
+
+def _class_sums(
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class feature sums [K, D] and counts [K] of one batch, in float64 (this rank only)."""
+    sums = features.new_zeros(num_classes, features.shape[1], dtype=torch.float64)
+    sums.index_add_(0, labels, features.double())
+    return sums, torch.bincount(labels, minlength=num_classes).double()
 
 
 def reset_centroids(model: nn.Module, loader: DataLoader, device: torch.device) -> None:
