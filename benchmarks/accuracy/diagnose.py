@@ -66,8 +66,8 @@ def _far_rejection(
         batch_size=cfg.eval.batch_size,
     )
     outs = predict(model, loader, torch.device("cpu"), "far")
-    scored = json.loads((run_dir / "metrics.json").read_text())["oltr"]["open_set"]["scores"]
-    thresholds = {name: entry["threshold"] for name, entry in scored.items()}
+    reported = json.loads((run_dir / "metrics.json").read_text())["oltr"]["open_set"]["scores"]
+    thresholds = {name: entry["threshold"] for name, entry in reported.items()}
     known_scores, far_scores = _all_scores(known, thresholds), _all_scores(outs, thresholds)
     return {
         "images": len(images),

@@ -31,6 +31,8 @@ from training.config import ConfigError, FitConfig, load_config
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 MethodKind = Literal["plain", "posthoc", "classifier", "oltr", "scratch"]
+_BRANCH_KINDS = ("classifier", "oltr")
+"""Methods that train on from the shared stage-1 model."""
 _BRANCH_FORBIDDEN = (
     "stage1.",
     "data.",
@@ -93,9 +95,9 @@ class MethodSpec(_Strict):
     def _branch_overrides(self) -> MethodSpec:
         if self.kind in ("plain", "posthoc") and self.overrides:
             raise ValueError(f"a {self.kind!r} method takes no overrides")
-        if not self.cached and self.kind not in ("classifier", "oltr"):
+        if not self.cached and self.kind not in _BRANCH_KINDS:
             raise ValueError(f"'cached: false' is for classifier and oltr methods, not {self.kind}")
-        if self.kind in ("classifier", "oltr"):
+        if self.kind in _BRANCH_KINDS:
             bad = [o for o in self.overrides if o.startswith(_BRANCH_FORBIDDEN)]
             if bad:
                 raise ValueError(
@@ -136,7 +138,7 @@ class ProtocolSpec(_Strict):
         if self.cache_stage1 and not self.cache_stage2:
             raise ConfigError(f"protocol {self.title!r}: cache_stage1 needs cache_stage2")
         for name, method in self.methods.items():
-            if self.cache_stage2 and method.cached and method.kind in ("classifier", "oltr"):
+            if self.cache_stage2 and method.cached and method.kind in _BRANCH_KINDS:
                 own = load_config(overrides=[*self.fit, *method.overrides])
                 if not own.stage2.freeze_backbone:
                     raise ConfigError(
