@@ -8,7 +8,8 @@ batch class means, or the centroid loss's gradient).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +27,24 @@ def l2_distances(v: Tensor, centroids: Tensor, eps: float = DIST_EPS) -> Tensor:
     return squared_distances(v, centroids).clamp_min(eps * eps).sqrt()
 
 
+def cosine_distances(v: Tensor, centroids: Tensor, eps: float = DIST_EPS) -> Tensor:
+    """max(1 - cos(v_b, c_k), eps), [B,K] in [eps, 2]: blind to feature norms, never 0.
+
+    A zero vector has cosine 0 to everything (distance 1), not NaN.
+    """
+    unit_v = v / v.norm(dim=-1, keepdim=True).clamp_min(eps)
+    unit_c = centroids / centroids.norm(dim=-1, keepdim=True).clamp_min(eps)
+    return (1.0 - unit_v @ unit_c.t()).clamp_min(eps)
+
+
+ReachMetric = Literal["l2", "cosine"]
+DISTANCES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "l2": l2_distances,
+    "cosine": cosine_distances,
+}
+"""How d_k, the distance of v_direct to centroid k, is measured (``model.reach_metric``)."""
+
+
 class MetaOutput(NamedTuple):
     """What the meta-embedding head computes from v_direct."""
 
@@ -38,7 +57,8 @@ class MetaOutput(NamedTuple):
 class MetaEmbedding(nn.Module):
     """``v_meta = reach * (v_direct + e * v_memory)`` with the terms switchable by config.
 
-    ``d_k = ||v - c_k||``, ``d_min = min_k d_k`` (clamped >= eps), ``reach = s_r / d_min``,
+    ``d_k = ||v - c_k||`` (``metric="l2"``) or ``1 - cos(v, c_k)`` (``"cosine"``), ``d_min =
+    min_k d_k`` (clamped >= eps), ``reach = s_r / d_min``,
     ``o = softmax(T_hal v)``, ``v_memory = o @ M``, ``e = tanh(T_sel v)``. With ``memory`` off
     the memory term is dropped; with ``reach_scaling`` off v_meta is not scaled (reach is still
     returned for open-set scoring).
@@ -52,9 +72,13 @@ class MetaEmbedding(nn.Module):
         reach_scale: float = 10.0,
         memory: bool = True,
         reach_scaling: bool = True,
+        metric: ReachMetric = "l2",
     ) -> None:
         super().__init__()
+        if metric not in DISTANCES:
+            raise ValueError(f"unknown reach metric {metric!r}; choose one of {sorted(DISTANCES)}")
         self.reach_scale = reach_scale
+        self.metric = metric
         self.memory = memory
         self.reach_scaling = reach_scaling
         self.centroids = nn.Parameter(torch.zeros(num_classes, feat_dim))
@@ -63,7 +87,7 @@ class MetaEmbedding(nn.Module):
 
     def forward(self, v: Tensor) -> MetaOutput:
         centroids = self.centroids.detach()
-        min_dist, nearest = l2_distances(v, centroids).min(dim=1)
+        min_dist, nearest = DISTANCES[self.metric](v, centroids).min(dim=1)
         reach = self.reach_scale / min_dist
         meta = v
         if self.memory:
@@ -77,5 +101,5 @@ class MetaEmbedding(nn.Module):
         k, d = self.centroids.shape
         return (
             f"feat_dim={d}, num_classes={k}, reach_scale={self.reach_scale}, "
-            f"memory={self.memory}, reach_scaling={self.reach_scaling}"
+            f"memory={self.memory}, reach_scaling={self.reach_scaling}, metric={self.metric!r}"
         )

@@ -109,6 +109,7 @@ class OLTRNet(nn.Module):
             reach_scale=cfg.reach_scale,
             memory=cfg.memory,
             reach_scaling=cfg.reach_scaling,
+            metric=cfg.reach_metric,
         )
         plain = self.classifier
         if plain.weight.shape == head.fc_hallucinator.weight.shape:
