@@ -35,6 +35,9 @@ class Settings(BaseSettings):
 
     model_path: Path = Path("models/default/model.onnx")
     """The ONNX artifact (model card in its metadata, see the export contract)."""
+    model_name: str = Field("oltr", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    """The model's name in the Open Inference Protocol routes (``/v2/models/{name}``); its
+    version there is the card's version."""
     threshold: float | None = None
     """Unknown threshold override; default: the card's calibrated threshold."""
     unknown_score: ScoreName | None = None

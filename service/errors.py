@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service import metrics
 
 log = logging.getLogger("oltr.service")
+OIP_PREFIX = "/v2"  # Open Inference Protocol routes: errors are {"error": "<message>"}
 
 
 class ServiceError(Exception):
@@ -65,6 +66,12 @@ class MissingFile(ServiceError):
 
 class BadRequest(ServiceError):
     """Malformed request that fits no narrower class."""
+
+
+class ModelNotFound(ServiceError):
+    status = 404
+    code = "model_not_found"
+    reason = "bad_request"
 
 
 class QueueFull(ServiceError):
@@ -117,7 +124,12 @@ def error_body(code: str, message: str, request_id: str) -> dict:
 def error_response(
     request: Request, status: int, code: str, message: str, headers: dict | None = None
 ) -> JSONResponse:
-    body = error_body(code, message, request_id_of(request))
+    """The JSON error; under /v2 the Open Inference Protocol's ``{"error": message}``."""
+    path = request.url.path
+    if path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/"):
+        body: dict = {"error": message}
+    else:
+        body = error_body(code, message, request_id_of(request))
     return JSONResponse(body, status_code=status, headers=headers)
 
 

@@ -42,6 +42,11 @@ BATCH_SIZE = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
 )
 QUEUE_DEPTH = Gauge("oltr_queue_depth", "Images waiting for inference")
+IN_FLIGHT = Gauge(
+    "oltr_images_in_flight",
+    "Images accepted and not yet answered (decoding, queued or in inference): the autoscaling "
+    "signal, Little's law concurrency per replica",
+)
 INFERENCE_DURATION = Histogram(
     "oltr_inference_duration_seconds",
     "onnxruntime run time per batch",

@@ -112,6 +112,10 @@ class UnknownScoreInfo(BaseModel):
 
 
 class ModelInfo(BaseModel):
+    name: str = Field(
+        description="Model name in the Open Inference Protocol routes (/v2/models/{name}; "
+        "OLTR_MODEL_NAME)."
+    )
     version: str = Field(description="Model version: sha256 prefix of the model bytes.")
     path: str = Field(description="Model file being served.")
     created: str | None = Field(description="When the model was exported (ISO 8601 UTC).")

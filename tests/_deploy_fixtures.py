@@ -36,6 +36,7 @@ CONTRACT_HISTOGRAMS = (
 )
 CONTRACT_GAUGES = (
     "oltr_queue_depth",
+    "oltr_images_in_flight",
     "oltr_model_info",
     "oltr_provider_fallback",
     "oltr_unknown_threshold",

@@ -3,6 +3,7 @@ JSON logs, SIGTERM drain with a full queue, start-up refusal on a bad model."""
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 import time
@@ -11,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 import httpx
 import onnxruntime as ort
 import pytest
+import tritonclient.http as triton
 from _service_fixtures import ServiceProcess, build_standin, metric_value, solid, write_model
 
 pytestmark = pytest.mark.slow
@@ -51,6 +53,7 @@ def test_ready_only_after_warm_up_with_visible_fallback(standin, tmp_path):
         early = httpx.post(service.url + "/classify", files=_files(1))
         assert early.status_code == 503 and early.headers["retry-after"] == "1"
         assert early.json()["error"]["code"] == "not_ready"
+        _assert_v2_not_ready(service)
         started = time.monotonic()
         service.wait_until("/readyz", 200)
         assert time.monotonic() - started > 1.0  # the warm-up really held readiness back
@@ -71,6 +74,21 @@ def test_ready_only_after_warm_up_with_visible_fallback(standin, tmp_path):
     if not HAS_CUDA:
         assert any(r["level"] == "warning" and "provider fallback" in r["message"] for r in records)
     assert any(r["message"].startswith("ready: model") for r in records)
+
+
+def _assert_v2_not_ready(service: ServiceProcess) -> None:
+    """The Open Inference Protocol says the same while warming up: live, not ready, 503."""
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{service.port}")
+    try:
+        assert client.is_server_live()
+        assert not client.is_server_ready() and not client.is_model_ready("oltr")
+    finally:
+        client.close()
+    image = base64.b64encode(solid((250, 10, 10))).decode()
+    tensor = {"name": "image", "datatype": "BYTES", "shape": [1], "data": [image]}
+    early = httpx.post(service.url + "/v2/models/oltr/infer", json={"inputs": [tensor]})
+    assert early.status_code == 503 and early.headers["retry-after"] == "1"
+    assert set(early.json()) == {"error"} and "not ready" in early.json()["error"]
 
 
 def test_sigterm_drains_queued_requests(tmp_path):

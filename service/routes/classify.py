@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, Query, Request
 
-from service import metrics
-from service.errors import ServiceError
-from service.postprocess import to_prediction
-from service.preprocessing import PreprocessSpec, image_to_input
-from service.schemas import ClassifyResponse, ErrorResponse, Prediction
-from service.state import ServiceState, StateDep
-from service.uploads import Upload, read_uploads
+from service.pipeline import classify_uploads
+from service.schemas import ClassifyResponse, ErrorResponse
+from service.state import StateDep
+from service.uploads import read_uploads
 
 router = APIRouter(tags=["classify"])
 
@@ -73,52 +68,6 @@ async def classify(
         int, Query(ge=1, le=1000, description="Number of classes in each `top_k` list.")
     ] = 3,
 ) -> ClassifyResponse:
-    predictor = state.require_predictor()
+    state.require_predictor()  # 503 before reading a body the service cannot serve
     uploads = await read_uploads(request, max_files=state.settings.max_files)
-    with state.batcher.expecting(len(uploads)):
-        inputs = await asyncio.gather(
-            *(_prepare(state, predictor.preprocess_spec, u) for u in uploads)
-        )
-    rows = await state.batcher.submit(predictor, inputs, state.settings.request_timeout_s)
-    value, source = state.threshold(threshold, predictor)
-    score_name = state.score_name(predictor)
-    predictions = [
-        to_prediction(
-            row,
-            predictor.class_names,
-            score_name=score_name,
-            score_params=state.score_params(predictor),
-            threshold=value,
-            k=top_k,
-            filename=upload.filename,
-        )
-        for row, upload in zip(rows, uploads, strict=True)
-    ]
-    _record(predictions)
-    return ClassifyResponse(
-        model_version=predictor.version,
-        unknown_score=score_name,
-        threshold=value,
-        threshold_source=source,
-        predictions=predictions,
-    )
-
-
-async def _prepare(state: ServiceState, spec: PreprocessSpec, upload: Upload) -> np.ndarray:
-    """Decode + preprocess off the event loop; errors name the file."""
-    try:
-        return await state.in_thread(
-            image_to_input, upload.data, spec, max_pixels=state.settings.max_image_pixels
-        )
-    except ServiceError as err:
-        if upload.filename is not None:
-            err.message = f"file {upload.filename!r}: {err.message}"
-        raise
-
-
-def _record(predictions: list[Prediction]) -> None:
-    for p in predictions:
-        metrics.IMAGES.labels(outcome="unknown" if p.unknown else "known").inc()
-        metrics.PREDICTIONS.labels(label=p.label).inc()
-        metrics.REACHABILITY.observe(p.reachability)
-        metrics.CONFIDENCE.observe(p.confidence)
+    return await classify_uploads(state, uploads, threshold=threshold, top_k=top_k)

@@ -27,6 +27,7 @@ async def model_info(state: StateDep) -> ModelInfo:
     threshold, source = state.threshold()
     choice = predictor.providers
     return ModelInfo(
+        name=state.settings.model_name,
         version=predictor.version,
         path=str(predictor.path),
         created=card.created,
