@@ -90,7 +90,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_service(model: Path, max_batch: int, log: Path) -> tuple[subprocess.Popen, str]:
+def start_service(
+    model: Path, max_batch: int, log: Path, **extra_env: str
+) -> tuple[subprocess.Popen, str]:
+    """``python -m service`` on a free loopback port, ready; ``extra_env``: more OLTR_* settings."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OLTR_")}
     env.update(
@@ -101,6 +104,7 @@ def start_service(model: Path, max_batch: int, log: Path) -> tuple[subprocess.Po
             "OLTR_MAX_BATCH_DELAY_MS": "5",
             "OLTR_MAX_QUEUE": "1024",
             "OLTR_LOG_LEVEL": "warning",
+            **extra_env,
         }
     )
     proc = subprocess.Popen(
