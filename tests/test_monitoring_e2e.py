@@ -23,6 +23,7 @@ import pytest
 import yaml
 from _deploy_fixtures import (
     DASHBOARDS,
+    DOCKER,
     PROMETHEUS_CONFIG,
     REPO,
     RULE_FILES,
@@ -282,6 +283,25 @@ def test_dashboard_queries_run_on_prometheus(stack: tuple[ServiceProcess, Promet
                 f"{prometheus.url}/api/v1/query", params={"query": concrete}, timeout=10
             )
             assert response.json()["status"] == "success", f"{path.name} {title!r}: {response.text}"
+
+
+def test_autoscaling_query_runs_on_prometheus(stack: tuple[ServiceProcess, Prometheus]) -> None:
+    """The Prometheus adapter's query for the HPA (docker/k8s/monitoring), its templates filled
+    in as the adapter would for one scrape job, returns the service's in-flight gauge."""
+    _, prometheus = stack
+    configmap = yaml.safe_load(
+        (DOCKER / "k8s/monitoring/prometheus-adapter-rules.yaml").read_text()
+    )
+    for rule in yaml.safe_load(configmap["data"]["config.yaml"])["rules"]:
+        series = rule["seriesQuery"].split("{")[0].strip("'\" ")
+        query = (
+            rule["metricsQuery"]
+            .replace("<<.Series>>", series)
+            .replace("<<.LabelMatchers>>", f'job="{SCRAPE_JOB}"')
+            .replace("<<.GroupBy>>", "instance")
+        )
+        # one series per scrape target (scalar() asserts it), a real average of the gauge
+        assert prometheus.wait_for(query, lambda v: v >= 0) >= 0
 
 
 def test_service_down_shows_as_up_zero(stack: tuple[ServiceProcess, Prometheus]) -> None:
