@@ -21,7 +21,6 @@ The nginx configuration (:data:`NGINX_CONF`) is also what ``tests/test_scaleout.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import platform
@@ -40,6 +39,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.bench_service import (  # noqa: E402
     PHOTOS,
     free_port,
+    load_arguments,
     load_photos,
     percentiles,
     start_service,
@@ -213,14 +213,9 @@ def row(name: str, load: Load, concurrency: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=REPO / "models/default/model.onnx")
-    parser.add_argument("--photos", type=int, default=64, help="distinct JPEGs to cycle through")
+    parser = load_arguments(__doc__.split("\n\n")[0], requests=600)
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime + decode threads")
     parser.add_argument("--concurrency", type=int, default=8, help="clients per replica")
-    parser.add_argument("--requests", type=int, default=600, help="max requests per run")
-    parser.add_argument("--max-seconds", type=float, default=8.0, help="max time per run")
-    parser.add_argument("--rounds", type=int, default=2, help="runs per set-up (best counts)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/oltr-scaleout"))
     args = parser.parse_args(argv)
     if not PHOTOS.is_file():

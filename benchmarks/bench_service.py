@@ -205,14 +205,20 @@ def table(title: str, rows: list[dict], key: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def load_arguments(description: str, requests: int) -> argparse.ArgumentParser:
+    """The options every service load benchmark shares: model, photos and run bounds."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", type=Path, default=REPO / "models/default/model.onnx")
     parser.add_argument("--photos", type=int, default=64, help="distinct JPEGs to cycle through")
-    parser.add_argument("--concurrency", default="1,4,16,64")
-    parser.add_argument("--requests", type=int, default=300, help="max requests per run")
+    parser.add_argument("--requests", type=int, default=requests, help="max requests per run")
     parser.add_argument("--max-seconds", type=float, default=8.0, help="max time per run")
-    parser.add_argument("--rounds", type=int, default=2, help="runs per level and setup (best)")
+    parser.add_argument("--rounds", type=int, default=2, help="runs per set-up (best counts)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = load_arguments(__doc__.split("\n\n")[0], requests=300)
+    parser.add_argument("--concurrency", default="1,4,16,64")
     parser.add_argument("--batch-sizes", default="1,8,32,64", help="in-process batch sizes")
     parser.add_argument("--service-batch", type=int, default=8, help="batched service max batch")
     parser.add_argument("--log-dir", type=Path, default=Path("/tmp"))
