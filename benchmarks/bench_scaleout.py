@@ -199,17 +199,88 @@ async def drive(
     return load
 
 
-def row(name: str, load: Load, concurrency: int) -> dict:
-    failed = sum(a.status != 200 for a in load.answers)
-    lat = percentiles([a.latency_s for a in load.answers])
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a live process has used, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    """Direct child processes of ``pid`` (nginx's workers of its master)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+@dataclass
+class Setup:
+    name: str
+    url: str
+    concurrency: int
+    replica_pids: list[int]
+    nginx_pid: int | None = None
+
+    def cpu(self) -> tuple[float, float, float]:
+        """(replicas, nginx, this client) CPU seconds so far."""
+        replicas = sum(process_cpu_s(p) for p in self.replica_pids)
+        nginx_pids = [self.nginx_pid, *children(self.nginx_pid)] if self.nginx_pid else []
+        client = os.times()
+        return replicas, sum(process_cpu_s(p) for p in nginx_pids), client.user + client.system
+
+
+def measure(setup: Setup, photos: list[bytes], requests: int, seconds: float) -> dict:
+    """One bounded run: throughput, latency and CPU milliseconds per image by process."""
+    before = setup.cpu()
+    load = asyncio.run(
+        drive(setup.url, photos, concurrency=setup.concurrency, requests=requests, seconds=seconds)
+    )
+    used = [b - a for a, b in zip(before, setup.cpu(), strict=True)]
+    n = max(1, len(load.answers))
     return {
-        "setup": name,
-        "concurrency": concurrency,
+        "setup": setup.name,
+        "concurrency": setup.concurrency,
         "requests": len(load.answers),
-        "failed": failed,
+        "failed": sum(a.status != 200 for a in load.answers),
         "images_per_s": load.images_per_s,
-        **lat,
+        **percentiles([a.latency_s for a in load.answers]),
+        **{f"{who}_cpu_ms": 1000 * cpu / n for who, cpu in zip(CPU_PARTS, used, strict=True)},
     }
+
+
+CPU_PARTS = ("replica", "nginx", "client")
+
+
+def report(best: dict[str, dict]) -> None:
+    print(
+        "| set-up | clients | requests | failed | images/s | p50 ms | p95 ms | p99 ms "
+        "| CPU ms/image: replicas | nginx | client |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in best.values():
+        print(
+            f"| {r['setup']} | {r['concurrency']} | {r['requests']} | {r['failed']} | "
+            f"{r['images_per_s']:.1f} | {r['p50']:.1f} | {r['p95']:.1f} | {r['p99']:.1f} | "
+            f"{r['replica_cpu_ms']:.2f} | {r['nginx_cpu_ms']:.2f} | {r['client_cpu_ms']:.2f} |"
+        )
+    one, two, direct = (best[name] for name in SETUP_NAMES[1:] + SETUP_NAMES[:1])
+    print(
+        f"\nthroughput, 2 replicas / 1 replica (both via nginx): "
+        f"x{two['images_per_s'] / one['images_per_s']:.2f}; "
+        f"1 replica via nginx / direct: x{one['images_per_s'] / direct['images_per_s']:.2f}"
+        f"\nreplica CPU per image, 2 replicas / 1 replica: "
+        f"x{two['replica_cpu_ms'] / one['replica_cpu_ms']:.2f} "
+        f"(1.00: a second replica costs nothing extra per image); images per replica CPU "
+        f"second: {1000 / one['replica_cpu_ms']:.0f} (1 replica), "
+        f"{1000 / two['replica_cpu_ms']:.0f} (2 replicas)"
+    )
+
+
+SETUP_NAMES = ["1 replica, direct", "1 replica via nginx", "2 replicas via nginx"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,59 +301,39 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"model {args.model} | {len(photos)} photos | {platform.processor() or platform.machine()}"
         f" | {os.cpu_count()} CPUs | {threads} thread(s) per replica | nginx, least_conn"
+        f" | load average {os.getloadavg()[0]:.1f}"
     )
     args.work.mkdir(parents=True, exist_ok=True)
     replicas = [
         start_service(args.model, 8, args.work / f"replica-{i}.log", **env) for i in range(2)
     ]
     upstreams = [url.removeprefix("http://") for _, url in replicas]
+    pids = [proc.pid for proc, _ in replicas]
     c = args.concurrency
     try:
         with (
             Nginx(upstreams[:1], args.work / "nginx-1") as one,
             Nginx(upstreams, args.work / "nginx-2") as two,
         ):
-            setups = {
-                "1 replica, direct": (replicas[0][1], c),
-                "1 replica via nginx": (one.url, c),
-                "2 replicas via nginx": (two.url, 2 * c),
-            }
-            for url, conc in setups.values():  # warm-up: client, nginx, both replicas
-                asyncio.run(drive(url, photos, concurrency=conc, requests=40, seconds=10))
+            setups = [
+                Setup(SETUP_NAMES[0], replicas[0][1], c, pids[:1]),
+                Setup(SETUP_NAMES[1], one.url, c, pids[:1], one.proc.pid),
+                Setup(SETUP_NAMES[2], two.url, 2 * c, pids, two.proc.pid),
+            ]
+            for setup in setups:  # warm-up: client, nginx, both replicas
+                measure(setup, photos, 40, 10)
             best: dict[str, dict] = {}
             for _ in range(args.rounds):
-                for name, (url, conc) in setups.items():
-                    load = asyncio.run(
-                        drive(
-                            url,
-                            photos,
-                            concurrency=conc,
-                            requests=args.requests,
-                            seconds=args.max_seconds,
-                        )
-                    )
-                    result = row(name, load, conc)
-                    if result["images_per_s"] > best.get(name, {}).get("images_per_s", 0):
-                        best[name] = result
+                for setup in setups:
+                    result = measure(setup, photos, args.requests, args.max_seconds)
+                    if result["images_per_s"] > best.get(setup.name, {}).get("images_per_s", 0):
+                        best[setup.name] = result
     finally:
         for proc, _ in replicas:
             proc.terminate()
             proc.wait(30)
-    print("| set-up | clients | requests | failed | images/s | p50 ms | p95 ms | p99 ms |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for r in best.values():
-        print(
-            f"| {r['setup']} | {r['concurrency']} | {r['requests']} | {r['failed']} | "
-            f"{r['images_per_s']:.1f} | {r['p50']:.1f} | {r['p95']:.1f} | {r['p99']:.1f} |"
-        )
-    one_lb = best["1 replica via nginx"]["images_per_s"]
-    two_lb = best["2 replicas via nginx"]["images_per_s"]
-    direct = best["1 replica, direct"]["images_per_s"]
-    print(
-        f"\n2 replicas / 1 replica (both via nginx): x{two_lb / one_lb:.2f}; "
-        f"2 replicas via nginx / 1 replica direct: x{two_lb / direct:.2f}; "
-        f"nginx cost on 1 replica: {1 - one_lb / direct:+.0%}"
-    )
+    report(best)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
     return 0
 
 
