@@ -13,8 +13,13 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from _service_fixtures import imagenet_photos, metric_value, mnist_digits, running_service
-from _service_fixtures import serving_model as serving_model_path
+from _service_fixtures import (
+    imagenet_photos,
+    metric_value,
+    mnist_digits,
+    running_service,
+    serving_model,
+)
 from tritonclient.utils import InferenceServerException
 
 pytestmark = pytest.mark.slow
@@ -27,7 +32,7 @@ PER_IMAGE = ("label", "class_index", "confidence", "reachability", "distance", "
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("v2")
-    path, _ = serving_model_path(root)
+    path, _ = serving_model(root)
     env = {
         "OLTR_MODEL_PATH": str(path),
         "OLTR_MODEL_NAME": MODEL,
