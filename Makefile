@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: serve test setup-serve setup-dev system-deps default-model lint bench-service clean
+.PHONY: serve test setup-serve setup-dev system-deps default-model lint bench-service bench-scaleout clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ default-model: setup-dev               ## retrain and re-export the committed de
 
 bench-service: setup-dev
 	$(PY) benchmarks/bench_service.py
+
+bench-scaleout: setup-dev system-deps  ## two replicas behind nginx vs one (needs nginx)
+	$(PY) benchmarks/bench_scaleout.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
