@@ -197,18 +197,27 @@ def test_workload_matches_the_service(name: str, get_routes: set[str], monkeypat
         assert get["path"] in get_routes, f"{kind} probe: no GET route {get['path']}"
         assert ports.get(get["port"], get["port"]) == settings.port, f"{kind} probe port"
 
-    annotations = workload["metadata"].get("annotations", {})
-    if "template" in workload["spec"]:
-        annotations = workload["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["prometheus.io/scrape"] == "true"
-    assert annotations["prometheus.io/path"] in get_routes
-    assert int(annotations["prometheus.io/port"]) == settings.port
+    _assert_scraped(workload, settings, get_routes)
 
     pod = _pod(workload)
     pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
     grace = pod.get("terminationGracePeriodSeconds", DEFAULT_GRACE_S)
     assert grace > pre_stop + settings.shutdown_timeout_s, "SIGTERM drain would be cut short"
     _assert_model_comes_from_storage(container, settings)
+
+
+def _assert_scraped(workload: dict, settings: Settings, get_routes: set[str]) -> None:
+    """Pod annotations for Prometheus (KServe: its own, which it turns into those)."""
+    if workload["kind"] == "InferenceService":
+        annotations = workload["metadata"]["annotations"]
+        assert annotations["serving.kserve.io/enable-prometheus-scraping"] == "true"
+        prefix = "prometheus.kserve.io"
+    else:
+        annotations = workload["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        prefix = "prometheus.io"
+    assert annotations[f"{prefix}/path"] in get_routes
+    assert int(annotations[f"{prefix}/port"]) == settings.port
 
 
 def _assert_model_comes_from_storage(container: dict, settings: Settings) -> None:
