@@ -76,17 +76,21 @@ class MicroBatcher:
             self._incoming -= n
             self._wakeup.set()
 
+    def ensure_room(self, n: int) -> None:
+        """ModelNotReady when closing, QueueFull when ``n`` more images would not fit now."""
+        if self._closing or self._task is None:
+            raise ModelNotReady("the service is shutting down")
+        if self.depth + n > self.max_queue:
+            raise QueueFull(
+                f"inference queue is full ({self.depth} of {self.max_queue} images "
+                f"waiting; this request has {n}); retry shortly"
+            )
+
     async def submit(
         self, model: BatchModel, inputs: list[np.ndarray], timeout_s: float
     ) -> list[Row]:
         """Queue all images of one request together (or none: QueueFull) and await their rows."""
-        if self._closing or self._task is None:
-            raise ModelNotReady("the service is shutting down")
-        if self.depth + len(inputs) > self.max_queue:
-            raise QueueFull(
-                f"inference queue is full ({self.depth} of {self.max_queue} images "
-                f"waiting; this request has {len(inputs)}); retry shortly"
-            )
+        self.ensure_room(len(inputs))
         loop = asyncio.get_running_loop()
         items = [_Item(x, model, loop.create_future()) for x in inputs]
         self._queue.extend(items)

@@ -49,7 +49,8 @@ class Settings(BaseSettings):
     """onnxruntime intra-op threads; 0 lets onnxruntime decide."""
     inter_op_threads: int = Field(0, ge=0)
     preprocess_threads: int = Field(0, ge=0)
-    """Threads that decode and resize images off the event loop; 0 means the CPU count."""
+    """Threads that decode and resize images off the event loop; 0 means
+    min(CPU count, 4): memory in use while decoding must not grow with the host's cores."""
     max_batch_size: int = Field(8, ge=1, le=4096)
     """Largest inference batch. 8 suits CPUs (docs/BENCHMARKS.md: bigger CPU batches only add
     latency); raise it on a GPU."""
@@ -62,8 +63,27 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1)
     """Largest width x height accepted, checked from the header before decoding."""
     max_files: int = Field(16, ge=1)
+    max_request_pixels: int = Field(48_000_000, ge=1)
+    """Largest sum of width x height over the images of one request (413), from the headers."""
+    max_decode_pixels: int = Field(96_000_000, ge=1)
+    """Decode budget: pixels admitted for decoding across the service at once (decoding or
+    waiting for a decode thread). A request that does not fit gets 503 with Retry-After at
+    once, before any of its images is decoded."""
     request_timeout_s: float = Field(30.0, gt=0)
-    """Longest an image may wait for its inference result (504 after that)."""
+    """Longest a request may take from its body being read to its answer, decoding and
+    inference included (504 after that)."""
+    max_header_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024)
+    """Largest request head (request line and headers together); over it: 431."""
+    max_headers: int = Field(100, ge=8, le=10_000)
+    """Most header fields in one request; over it: 431."""
+    header_timeout_s: float = Field(10.0, gt=0)
+    """A connection must deliver a complete request head within this long (else 408, closed)."""
+    read_timeout_s: float = Field(30.0, gt=0)
+    """Longest pause while a request body is being received (else 408, connection closed)."""
+    keepalive_timeout_s: float = Field(5.0, gt=0)
+    """An idle keep-alive connection is closed after this long."""
+    max_requests_per_connection: int = Field(1000, ge=1)
+    """Requests served on one keep-alive connection before the service closes it."""
     warmup_runs: int = Field(2, ge=1)
     warmup_min_s: float = Field(0.0, ge=0)
     """Keep running warm-up batches for at least this long before reporting ready."""
@@ -102,17 +122,25 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _queue_holds_a_request(self) -> Settings:
-        if self.max_queue < self.max_files:
-            raise ValueError(
-                f"{ENV_PREFIX}MAX_QUEUE ({self.max_queue}) must be >= {ENV_PREFIX}MAX_FILES "
-                f"({self.max_files}), or a full request could never be queued"
-            )
+    def _limits_hold_a_request(self) -> Settings:
+        _at_least(self, "max_queue", "max_files", "else a full request could never be queued")
+        _at_least(
+            self, "max_decode_pixels", "max_request_pixels", "else a big request could never run"
+        )
         return self
 
     @property
     def max_batch_delay_s(self) -> float:
         return self.max_batch_delay_ms / 1000.0
+
+
+def _at_least(settings: Settings, big: str, small: str, why: str) -> None:
+    """Raise unless setting ``big`` >= setting ``small`` (both named as variables)."""
+    if getattr(settings, big) < getattr(settings, small):
+        raise ValueError(
+            f"{ENV_PREFIX}{big.upper()} ({getattr(settings, big)}) must be >= "
+            f"{ENV_PREFIX}{small.upper()} ({getattr(settings, small)}): {why}"
+        )
 
 
 def provider_list(value: str) -> list[str] | None:

@@ -80,6 +80,23 @@ class QueueFull(ServiceError):
     retry_after_s = 1
 
 
+class DecodeBusy(ServiceError):
+    """The service-wide decode budget is taken by other requests: retry shortly."""
+
+    status = 503
+    code = reason = "decode_busy"
+    retry_after_s = 1
+
+
+class ShuttingDown(ServiceError):
+    """The shutdown deadline ended this request before its answer was ready."""
+
+    status = 503
+    code = "shutting_down"
+    reason = None
+    retry_after_s = 1
+
+
 class ModelNotReady(ServiceError):
     status = 503
     code = "not_ready"

@@ -61,6 +61,7 @@ REJECT_REASONS = (
     "too_many_files",
     "missing_file",
     "queue_full",
+    "decode_busy",
     "timeout",
     "unauthorized",
     "bad_request",

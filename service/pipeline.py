@@ -1,4 +1,5 @@
-"""The classification path every wire format shares: decode -> batcher -> decision -> metrics.
+"""The classification path every wire format shares: admit + decode -> batcher -> decision ->
+metrics (decode admission and the request deadline: :mod:`service.admission`).
 
 ``POST /classify`` (multipart / raw image) and ``POST /v2/models/{name}/infer`` (the Open
 Inference Protocol) only translate their wire format into :class:`Upload` objects and the answer
@@ -7,14 +8,9 @@ back; everything between happens here, once.
 
 from __future__ import annotations
 
-import asyncio
-
-import numpy as np
-
 from service import metrics
-from service.errors import ServiceError
+from service.admission import Deadline
 from service.postprocess import to_prediction
-from service.preprocessing import PreprocessSpec, image_to_input
 from service.schemas import ClassifyResponse, Prediction
 from service.state import ServiceState
 from service.uploads import Upload
@@ -27,11 +23,9 @@ async def classify_uploads(
     predictor = state.require_predictor()
     metrics.IN_FLIGHT.inc(len(uploads))
     try:
-        with state.batcher.expecting(len(uploads)):
-            inputs = await asyncio.gather(
-                *(_prepare(state, predictor.preprocess_spec, u) for u in uploads)
-            )
-        rows = await state.batcher.submit(predictor, inputs, state.settings.request_timeout_s)
+        deadline = Deadline.start(state.settings.request_timeout_s)
+        inputs = await state.admission.decode(uploads, predictor.preprocess_spec, deadline)
+        rows = await state.batcher.submit(predictor, inputs, deadline.remaining())
     finally:
         metrics.IN_FLIGHT.dec(len(uploads))
     value, source = state.threshold(threshold, predictor)
@@ -56,18 +50,6 @@ async def classify_uploads(
         threshold_source=source,
         predictions=predictions,
     )
-
-
-async def _prepare(state: ServiceState, spec: PreprocessSpec, upload: Upload) -> np.ndarray:
-    """Decode + preprocess off the event loop; errors name the file."""
-    try:
-        return await state.in_thread(
-            image_to_input, upload.data, spec, max_pixels=state.settings.max_image_pixels
-        )
-    except ServiceError as err:
-        if upload.filename is not None:
-            err.message = f"file {upload.filename!r}: {err.message}"
-        raise
 
 
 def _record(predictions: list[Prediction]) -> None:

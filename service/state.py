@@ -11,7 +11,6 @@ import asyncio
 import contextvars
 import functools
 import logging
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Annotated, TypeVar
 from fastapi import Depends, Request
 
 from service import metrics
+from service.admission import Admission
 from service.batching import MicroBatcher
 from service.config import Settings
 from service.errors import ModelLoadError, ModelNotReady
@@ -42,8 +42,8 @@ class ServiceState:
             max_delay_s=settings.max_batch_delay_s,
             max_queue=settings.max_queue,
         )
-        workers = settings.preprocess_threads or os.cpu_count() or 1
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="oltr-decode")
+        self.admission = Admission(settings, self.batcher)  # decoding has its own threads
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="oltr-load")
         self._reload_lock = asyncio.Lock()
         self._warmup: asyncio.Task | None = None
 
@@ -86,6 +86,7 @@ class ServiceState:
         pending = self.batcher.depth
         await self.batcher.close()
         log.info("shutdown: batcher drained (%d images were still queued)", pending)
+        self.admission.close()
         self._pool.shutdown(wait=True)
 
     @property
@@ -180,7 +181,7 @@ class ServiceState:
 
     # -- threads -------------------------------------------------------------------------------
     async def in_thread(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
-        """Run blocking work (decode, load, warm-up) in the pool, keeping the log context."""
+        """Run blocking work (model load, warm-up) in the pool, keeping the log context."""
         call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 

@@ -37,11 +37,12 @@ _ERRORS = {
     status: {"model": ErrorResponse, "description": text}
     for status, text in {
         400: "Not an image, corrupt or truncated image, malformed request",
-        413: "Body over the limit, too many pixels, too many files",
+        413: "Body over the limit, too many pixels (per image or request), too many files",
         415: "Unsupported Content-Type",
         422: "Missing `file` field or invalid query",
-        503: "Queue full or model not ready (see Retry-After)",
-        504: "No inference result within the request timeout",
+        503: "Queue full, decoding capacity taken, model not ready, shutting down "
+        "(see Retry-After)",
+        504: "No answer within the request timeout (decoding and inference)",
     }.items()
 }
 
