@@ -1,4 +1,6 @@
-"""``python -m service``: validate settings, then serve with uvicorn (graceful SIGTERM)."""
+"""``python -m service``: validate settings, then serve with uvicorn (graceful SIGTERM).
+
+HTTP is uvicorn's httptools protocol with the service's limits (:mod:`service.http_limits`)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import uvicorn
 
 from service.app import create_app
 from service.config import SettingsError, load_settings
+from service.http_limits import protocol_for
 from service.logs import log_config
 
 
@@ -24,6 +27,8 @@ def main() -> int:
         log_config=log_config(settings),
         log_level=settings.log_level,
         timeout_graceful_shutdown=settings.shutdown_timeout_s,
+        http=protocol_for(settings),
+        timeout_keep_alive=settings.keepalive_timeout_s,  # type: ignore[arg-type]
         lifespan="on",
     )
     return 0

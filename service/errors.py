@@ -64,6 +64,14 @@ class MissingFile(ServiceError):
     code = reason = "missing_file"
 
 
+class InvalidThreshold(ServiceError):
+    """A threshold outside the values its score can take."""
+
+    status = 422
+    code = "validation_error"
+    reason = "bad_request"
+
+
 class BadRequest(ServiceError):
     """Malformed request that fits no narrower class."""
 
@@ -85,15 +93,6 @@ class DecodeBusy(ServiceError):
 
     status = 503
     code = reason = "decode_busy"
-    retry_after_s = 1
-
-
-class ShuttingDown(ServiceError):
-    """The shutdown deadline ended this request before its answer was ready."""
-
-    status = 503
-    code = "shutting_down"
-    reason = None
     retry_after_s = 1
 
 

@@ -6,12 +6,14 @@
   the next ``receive()`` raise :class:`PayloadTooLarge` (rendered as 413 by its handler)
   before more of the body is read; nothing is buffered here.
 - Unexpected exceptions: logged with the request id and traceback, answered with a JSON 500
-  carrying the same id. A client that disconnects mid-upload is logged (status 499), not an
-  error.
+  carrying the same id. A request cut off by the shutdown deadline (uvicorn cancels it) gets
+  a JSON 503 with Retry-After and one warning line, no traceback. A client that disconnects
+  mid-upload is logged (status 499), not an error.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -56,6 +58,13 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, self._limited(scope, receive), send_with_id)
+        except asyncio.CancelledError:
+            # uvicorn cancels what still runs when OLTR_SHUTDOWN_TIMEOUT_S ends: an expected
+            # end of the drain, answered like any refusal (not uvicorn's text/plain 500).
+            status["code"] = 503
+            log.warning("%s %s cut off by the shutdown deadline", scope["method"], scope["path"])
+            if not status["started"]:
+                await _send_json(send_with_id, 503, _shutdown_body(request_id), retry_after_s=1)
         except ClientDisconnect:
             status["code"] = 499  # nginx's "client closed request": nobody to answer
             log.info("client disconnected during %s %s", scope["method"], scope["path"])
@@ -67,7 +76,7 @@ class RequestContextMiddleware:
                 extra={"request_id": request_id},
             )
             if not status["started"]:
-                await _send_500(send_with_id, request_id)
+                await _send_json(send_with_id, 500, _internal_body(request_id))
         finally:
             endpoint = _endpoint(scope)
             metrics.REQUESTS.labels(endpoint, scope["method"], str(status["code"])).inc()
@@ -120,17 +129,25 @@ def _endpoint(scope: Scope) -> str:
     return getattr(route, "path", None) or "unmatched"
 
 
-async def _send_500(send: Send, request_id: str) -> None:
-    body = error_body("internal_error", "internal server error; quote the request id", request_id)
-    payload = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 500,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-            ],
-        }
+def _internal_body(request_id: str) -> dict:
+    return error_body("internal_error", "internal server error; quote the request id", request_id)
+
+
+def _shutdown_body(request_id: str) -> dict:
+    return error_body(
+        "shutting_down", "the service shut down before this request finished; retry", request_id
     )
+
+
+async def _send_json(
+    send: Send, status: int, body: dict, *, retry_after_s: int | None = None
+) -> None:
+    payload = json.dumps(body).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    if retry_after_s is not None:
+        headers.append((b"retry-after", str(retry_after_s).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})

@@ -70,7 +70,11 @@ class Predictor:
     def load(cls, path: Path, settings: Settings) -> Predictor:
         """Create the session and check the contract; ModelLoadError names file and problem."""
         path = Path(path)
-        if not path.is_file():
+        try:
+            found = path.is_file()
+        except OSError as err:  # e.g. a name too long: still the caller's bad path
+            raise ModelLoadError(f"model file not usable: {path} ({err.strerror})") from err
+        if not found:
             raise ModelLoadError(f"model file not found: {path}")
         options = ort.SessionOptions()
         options.intra_op_num_threads = settings.intra_op_threads

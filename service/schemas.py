@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, StrictFloat, field_validator
 
 from service.card import ScoreName
 
@@ -130,7 +130,9 @@ class ModelInfo(BaseModel):
 
 
 class ReloadRequest(BaseModel):
-    path: str = Field(min_length=1, description="Model file on the server to load and serve.")
+    path: str = Field(
+        min_length=1, max_length=4096, description="Model file on the server to load and serve."
+    )
 
 
 class ReloadResponse(BaseModel):
@@ -141,8 +143,9 @@ class ReloadResponse(BaseModel):
 
 
 class ThresholdRequest(BaseModel):
-    threshold: float | None = Field(
-        description="New threshold for the unknown score; null restores the default "
+    threshold: StrictFloat | None = Field(
+        description="New threshold for the unknown score, a JSON number in the score's range "
+        "(max_softmax 0..1; reachability, combined >= 0); null restores the default "
         "(OLTR_THRESHOLD if set, else the model card's). Reset by a model reload."
     )
 

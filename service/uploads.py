@@ -37,8 +37,18 @@ async def read_uploads(request: Request, *, max_files: int) -> list[Upload]:
     )
 
 
+class _CheckedMultiPartParser(MultiPartParser):
+    """Starlette's parser, remembering whether the closing boundary arrived (python-multipart
+    accepts a body that stops before it and drops the unfinished part without a word)."""
+
+    complete = False
+
+    def on_end(self) -> None:
+        self.complete = True
+
+
 async def _read_multipart(request: Request, max_files: int) -> list[Upload]:
-    parser = MultiPartParser(
+    parser = _CheckedMultiPartParser(
         request.headers,
         request.stream(),
         max_files=max_files,
@@ -51,6 +61,11 @@ async def _read_multipart(request: Request, max_files: int) -> list[Upload]:
         if err.message.startswith("Too many files"):
             raise TooManyFiles(f"at most {max_files} files per request") from err
         raise BadRequest(f"malformed multipart body: {err.message}") from err
+    if not parser.complete:
+        await form.close()
+        for spooled in parser._files_to_close_on_error:  # the unfinished part's file too
+            spooled.close()
+        raise BadRequest("malformed multipart body: it ends before the closing boundary")
     try:
         parts = form.getlist(FIELD)
         if not parts:

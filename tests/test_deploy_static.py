@@ -237,6 +237,29 @@ def test_compose_referenced_files_exist(compose: dict) -> None:
     assert (DOCKER / "grafana" / "dashboards" / Path(home).name).is_file()
 
 
+IMAGE_FIXED_SETTINGS = {"host": "0.0.0.0", "port": "8000"}
+"""Settings the service images fix (the port mapping and Prometheus rely on them)."""
+
+
+def test_compose_and_images_pass_every_service_setting() -> None:
+    """Every field of the Settings class reaches the classifier: compose passes it through from
+    the shell or .env, or (host, port) the images set it. No stale names either."""
+    from service.config import ENV_PREFIX, Settings
+
+    raw = yaml.safe_load(COMPOSE_FILE.read_text())
+    passed = [entry.split("=")[0] for entry in raw["x-classifier"]["environment"]]
+    settings = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    fixed = {ENV_PREFIX + name.upper(): value for name, value in IMAGE_FIXED_SETTINGS.items()}
+    assert len(passed) == len(set(passed)), "a setting is listed twice"
+    assert sorted(set(passed)) == sorted(settings - set(fixed))
+    for image in SERVICE_IMAGES:
+        env = " ".join(
+            args for ins, args in dockerfile_instructions(DOCKERFILES[image]) if ins == "ENV"
+        )
+        for name, value in fixed.items():
+            assert f"{name}={value}" in env, f"Dockerfile.{image} does not set {name}={value}"
+
+
 # --- Dockerfiles ---------------------------------------------------------------------------------
 
 

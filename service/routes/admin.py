@@ -7,7 +7,8 @@ from pathlib import Path
 
 from fastapi import APIRouter, Depends, Request
 
-from service.errors import Forbidden, Unauthorized
+from service.card import threshold_problem
+from service.errors import Forbidden, InvalidThreshold, Unauthorized
 from service.schemas import (
     ErrorResponse,
     ReloadRequest,
@@ -57,10 +58,15 @@ async def reload_model(body: ReloadRequest, state: StateDep) -> ReloadResponse:
 @router.put(
     "/threshold",
     response_model=ThresholdResponse,
+    responses={422: {"model": ErrorResponse, "description": "Not a number in the score's range"}},
     summary="Set (or with null, reset) the unknown threshold until the next reload",
 )
 async def put_threshold(body: ThresholdRequest, state: StateDep) -> ThresholdResponse:
     state.require_predictor()
+    if body.threshold is not None:
+        problem = threshold_problem(state.score_name(), body.threshold)
+        if problem:
+            raise InvalidThreshold(problem)
     state.set_admin_threshold(body.threshold)
     value, source = state.threshold()
     return ThresholdResponse(
