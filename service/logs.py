@@ -49,6 +49,16 @@ class AccessQueryFilter(logging.Filter):
         return True
 
 
+class DrainNoticeFilter(logging.Filter):
+    """uvicorn reports requests it cancels at the end of the shutdown deadline at ERROR; that
+    is the drain working as configured (each gets a JSON 503), so it becomes a WARNING."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and str(record.msg).startswith("Cancel %s running"):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 class PlainFormatter(logging.Formatter):
     """The plain format with control characters in the message escaped (one record, one line;
     tracebacks keep their lines)."""
@@ -105,13 +115,14 @@ def log_config(settings: Settings) -> dict[str, Any]:
         "filters": {
             "request_id": {"()": RequestIdFilter},
             "access_query": {"()": AccessQueryFilter},
+            "drain_notice": {"()": DrainNoticeFilter},
         },
         "formatters": {"default": formatter},
         "handlers": {"default": handler},
         "loggers": {
             "oltr": logger,
             "uvicorn": logger,
-            "uvicorn.error": {"level": level},
+            "uvicorn.error": {"level": level, "filters": ["drain_notice"]},
             "uvicorn.access": {**logger, "filters": ["access_query"]},
             "py.warnings": logger,
         },

@@ -50,7 +50,7 @@ def admin(tmp_path_factory):
         running_service(env, root / "service.log") as service,
         httpx.Client(base_url=service.url, timeout=30) as client,
     ):
-        yield client, card_of(path), models
+        yield client, card_of(path), models, service
 
 
 def _digit() -> dict:
@@ -68,7 +68,7 @@ def _digit() -> dict:
     ],
 )
 def test_admin_needs_the_bearer_token(admin, headers, status, code):
-    client, _, models = admin
+    client, _, models, _ = admin
     before = client.get("/metrics").text
     for method, url, body in (
         ("PUT", "/admin/threshold", {"threshold": 1.0}),
@@ -83,7 +83,7 @@ def test_admin_needs_the_bearer_token(admin, headers, status, code):
 
 
 def test_threshold_set_and_reset(admin):
-    client, card, _ = admin
+    client, card, _, _ = admin
     r = client.put("/admin/threshold", json={"threshold": 1e9}, headers=AUTH)
     assert r.status_code == 200
     assert r.json() == {
@@ -114,7 +114,7 @@ def test_threshold_set_and_reset(admin):
     ],
 )
 def test_bad_reload_keeps_the_old_model(admin, which, fragment):
-    client, card, models = admin
+    client, card, models, _ = admin
     r = client.post("/admin/reload", json={"path": str(models[which])}, headers=AUTH)
     assert r.status_code == 422
     error = r.json()["error"]
@@ -126,7 +126,7 @@ def test_bad_reload_keeps_the_old_model(admin, which, fragment):
 
 
 def test_reload_swaps_atomically_under_traffic(admin):
-    client, card, models = admin
+    client, card, models, _ = admin
     second = card_of(models["second"])
     client.put("/admin/threshold", json={"threshold": 123.0}, headers=AUTH)
     yellow = solid((255, 255, 0))
@@ -157,3 +157,62 @@ def test_reload_swaps_atomically_under_traffic(admin):
     text = client.get("/metrics").text
     assert metric_value(text, "oltr_model_info", {"version": second["version"]}) == 1
     assert metric_value(text, "oltr_model_info", {"version": card["version"]}) == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"threshold": -1}',  # below any max_softmax / reachability / combined score
+        b'{"threshold": -1e308}',
+        b'{"threshold": 1e999}',  # json.loads reads it as inf
+        b'{"threshold": true}',
+        b'{"threshold": "0.5"}',
+    ],
+)
+def test_threshold_must_be_a_finite_json_number_in_the_score_range(admin, body):
+    client, card, _, _ = admin
+    headers = {**AUTH, "Content-Type": "application/json"}
+    r = client.put("/admin/threshold", content=body, headers=headers)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "validation_error"
+    info = client.get("/v1/model").json()["unknown_score"]
+    assert info["threshold_source"] == "card"  # nothing changed
+    ok = client.put("/admin/threshold", content=b'{"threshold": 0.5}', headers=headers)
+    assert ok.status_code == 200 and ok.json()["threshold"] == 0.5
+    client.put("/admin/threshold", json={"threshold": None}, headers=AUTH)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["a" * 300, "/tmp/" + "b" * 300 + "/model.onnx", "c" * 5000, "nul\x00byte", "/dev/null/x"],
+    ids=["long-name", "long-component", "over-4096", "nul", "not-a-dir"],
+)
+def test_reload_path_of_any_length_or_content_is_4xx(admin, path):
+    client, _, _, _ = admin
+    serving = client.get("/v1/model").json()["version"]
+    r = client.post("/admin/reload", json={"path": path}, headers=AUTH)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] in ("invalid_model", "validation_error")
+    assert client.get("/v1/model").json()["version"] == serving
+
+
+def test_user_input_cannot_forge_log_lines(admin):
+    client, _, _, service = admin
+    forged = "x.onnx\n2026-01-01 00:00:00,000 ERROR oltr.service [-] FORGED"
+    r = client.post("/admin/reload", json={"path": forged}, headers=AUTH)
+    assert r.status_code == 422
+    assert client.get("/nothing%0AFORGED-PATH").status_code == 404
+    lines = service.logs().splitlines()
+    assert not any(line.startswith("2026-01-01") or "FORGED" in line[:40] for line in lines)
+    assert any("x.onnx\\n2026-01-01" in line for line in lines)  # escaped, on its own line
+
+
+def test_secrets_in_query_strings_never_reach_the_log(admin):
+    client, _, _, service = admin
+    r = client.put("/admin/threshold", params={"token": TOKEN}, json={"threshold": 0.5})
+    assert r.status_code == 401  # tokens count only in the Authorization header
+    r = client.post("/classify", params={"api_key": "query-secret-42", "top_k": 2}, **_digit())
+    assert r.status_code == 200
+    logs = service.logs()
+    assert TOKEN not in logs and "query-secret-42" not in logs
+    assert "token=***" in logs and "api_key=***&top_k=2" in logs
