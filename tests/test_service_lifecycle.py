@@ -13,7 +13,14 @@ import httpx
 import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
-from _service_fixtures import ServiceProcess, build_standin, metric_value, solid, write_model
+from _service_fixtures import (
+    ServiceProcess,
+    build_standin,
+    metric_value,
+    slow_standin,
+    solid,
+    write_model,
+)
 
 pytestmark = pytest.mark.slow
 # uvicorn re-raises a captured SIGTERM after its graceful shutdown, so -15 is a clean exit too
@@ -94,9 +101,7 @@ def _assert_v2_not_ready(service: ServiceProcess) -> None:
 def test_sigterm_drains_queued_requests(tmp_path):
     # A slow stand-in (32 conv layers at 128 px, ~0.3 s per image on 2 cores) run one image
     # per batch: of 6 concurrent requests 1 runs, 2 queue (OLTR_MAX_QUEUE=2), 3 are refused.
-    slow = write_model(
-        tmp_path / "slow.onnx", build_standin(work_layers=32, input_size=128, resize_shorter=128)
-    )
+    slow = write_model(tmp_path / "slow.onnx", slow_standin())
     env = {
         "OLTR_MODEL_PATH": str(slow),
         "OLTR_MAX_BATCH_SIZE": "1",

@@ -8,6 +8,7 @@ bodies. Each test failed on the service before decode admission and the HTTP lim
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -16,15 +17,16 @@ import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
+from pathlib import Path
 
 import httpx
 import pytest
 from _service_fixtures import (
     ServiceProcess,
-    build_standin,
     mnist_digits,
     running_service,
     serving_model,
+    slow_standin,
     solid,
     write_model,
 )
@@ -65,25 +67,31 @@ def _bigs(n: int) -> list:
 # -- decode admission ---------------------------------------------------------------------------
 
 
+def _serve(root: Path, **settings: object) -> contextlib.AbstractContextManager[ServiceProcess]:
+    """The serving model (default, else stand-in) with ``settings`` (``max_queue=4`` is
+    ``OLTR_MAX_QUEUE=4``), one warm-up round, started and stopped by the context."""
+    path, _ = serving_model(root)
+    env = {"OLTR_MODEL_PATH": str(path), "OLTR_WARMUP_RUNS": "1"}
+    env.update({f"OLTR_{name.upper()}": str(value) for name, value in settings.items()})
+    return running_service(env, root / "service.log")
+
+
 @pytest.fixture(scope="module")
 def budgeted(tmp_path_factory):
     """A service whose decode budget holds exactly one request of two big images."""
-    root = tmp_path_factory.mktemp("budget")
-    path, _ = serving_model(root)
-    env = {
-        "OLTR_MODEL_PATH": str(path),
-        "OLTR_WARMUP_RUNS": "1",
-        "OLTR_PREPROCESS_THREADS": "2",
-        "OLTR_MAX_REQUEST_PIXELS": str(2 * BIG_PIXELS),
-        "OLTR_MAX_DECODE_PIXELS": str(2 * BIG_PIXELS),
-    }
-    with running_service(env, root / "service.log") as service:
+    with _serve(
+        tmp_path_factory.mktemp("budget"),
+        preprocess_threads=2,
+        max_request_pixels=2 * BIG_PIXELS,
+        max_decode_pixels=2 * BIG_PIXELS,
+    ) as service:
         yield service
 
 
 def test_request_over_the_pixel_budget_is_413_before_decoding(budgeted):
+    files = _bigs(3)
     started = time.monotonic()
-    r = httpx.post(budgeted.url + "/classify", files=_bigs(3), timeout=60)
+    r = httpx.post(budgeted.url + "/classify", files=files, timeout=60)
     elapsed = time.monotonic() - started
     assert r.status_code == 413, r.text
     assert r.json()["error"]["code"] == "too_many_pixels"
@@ -115,11 +123,10 @@ def test_decode_flood_leaves_a_normal_image_answered_within_a_second(budgeted):
 
 
 def test_request_timeout_covers_decoding(tmp_path):
-    path, _ = serving_model(tmp_path)
-    env = {"OLTR_MODEL_PATH": str(path), "OLTR_WARMUP_RUNS": "1", "OLTR_REQUEST_TIMEOUT_S": "0.1"}
-    with running_service(env, tmp_path / "service.log") as service:
+    files = _bigs(2)
+    with _serve(tmp_path, request_timeout_s=0.1) as service:
         started = time.monotonic()
-        r = httpx.post(service.url + "/classify", files=_bigs(2), timeout=60)
+        r = httpx.post(service.url + "/classify", files=files, timeout=60)
         elapsed = time.monotonic() - started
     assert r.status_code == 504, r.text
     assert r.json()["error"]["code"] == "timeout"
@@ -133,17 +140,13 @@ TIMEOUT_S = 1.0
 
 @pytest.fixture(scope="module")
 def strict(tmp_path_factory):
-    root = tmp_path_factory.mktemp("http")
-    path, _ = serving_model(root)
-    env = {
-        "OLTR_MODEL_PATH": str(path),
-        "OLTR_WARMUP_RUNS": "1",
-        "OLTR_HEADER_TIMEOUT_S": str(TIMEOUT_S),
-        "OLTR_READ_TIMEOUT_S": str(TIMEOUT_S),
-        "OLTR_KEEPALIVE_TIMEOUT_S": str(TIMEOUT_S),
-        "OLTR_MAX_REQUESTS_PER_CONNECTION": "2",
-    }
-    with running_service(env, root / "service.log") as service:
+    with _serve(
+        tmp_path_factory.mktemp("http"),
+        header_timeout_s=TIMEOUT_S,
+        read_timeout_s=TIMEOUT_S,
+        keepalive_timeout_s=TIMEOUT_S,
+        max_requests_per_connection=2,
+    ) as service:
         yield service
 
 
@@ -195,6 +198,13 @@ def test_too_many_header_fields_is_431(strict):
     assert ok.status_code == 200
 
 
+def _assert_timed_out(raw: bytes, elapsed: float) -> None:
+    """A JSON 408, then the connection closed, about TIMEOUT_S after the client went slow."""
+    status, body = _status_and_json(raw)
+    assert status == 408 and body["error"]["code"] == "request_timeout"
+    assert TIMEOUT_S * 0.8 < elapsed < TIMEOUT_S + 2
+
+
 @pytest.mark.parametrize("trickle", [False, True], ids=["stalled", "one-byte-a-time"])
 def test_slow_head_is_closed_at_the_header_timeout(strict, trickle):
     head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: "
@@ -218,9 +228,7 @@ def test_slow_head_is_closed_at_the_header_timeout(strict, trickle):
         else:
             raw = _read_until_closed(sock)
         elapsed = time.monotonic() - started
-    status, body = _status_and_json(raw)
-    assert status == 408 and body["error"]["code"] == "request_timeout"
-    assert TIMEOUT_S * 0.8 < elapsed < TIMEOUT_S + 2
+    _assert_timed_out(raw, elapsed)
 
 
 def test_stalled_body_is_closed_at_the_read_timeout(strict):
@@ -232,9 +240,7 @@ def test_stalled_body_is_closed_at_the_read_timeout(strict):
         started = time.monotonic()
         raw = _read_until_closed(sock)
         elapsed = time.monotonic() - started
-    status, body = _status_and_json(raw)
-    assert status == 408 and body["error"]["code"] == "request_timeout"
-    assert TIMEOUT_S * 0.8 < elapsed < TIMEOUT_S + 2
+    _assert_timed_out(raw, elapsed)
 
 
 def test_keep_alive_is_limited_in_requests_and_idle_time(strict):
@@ -255,9 +261,7 @@ def test_keep_alive_is_limited_in_requests_and_idle_time(strict):
 
 
 def test_requests_cut_off_by_the_shutdown_deadline_get_json_503(tmp_path):
-    slow = write_model(
-        tmp_path / "slow.onnx", build_standin(work_layers=32, input_size=128, resize_shorter=128)
-    )
+    slow = write_model(tmp_path / "slow.onnx", slow_standin())
     env = {
         "OLTR_MODEL_PATH": str(slow),
         "OLTR_MAX_BATCH_SIZE": "1",
