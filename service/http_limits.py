@@ -120,9 +120,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        super().on_headers_complete()
         self._in_head, self._in_body = False, True
         self._disarm()
-        super().on_headers_complete()
         self._served += 1
         cycle = self.cycle
         if self._served >= self._limits.max_requests_per_connection and cycle is not None:
@@ -155,10 +155,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self._in_body:
             idle = self.loop.time() - self._last_data
-            if self.flow.read_paused or idle < self._limits.read_timeout_s:
-                self._arm(self._limits.read_timeout_s - (0 if self.flow.read_paused else idle))
+            app_holds_it = self.flow.read_paused or self.cycle.waiting_for_100_continue
+            if app_holds_it or idle < self._limits.read_timeout_s:
+                self._arm(self._limits.read_timeout_s - (0 if app_holds_it else idle))
                 return
-            self._refuse(408, "request_timeout", "request body stalled; connection closed")
+            limit = self._limits.read_timeout_s
+            self._refuse(408, "request_timeout", f"request body stalled for {limit:g} s")
         elif self.cycle is not None and not self.cycle.response_complete:
             self._arm(self._limits.header_timeout_s)  # a pipelined head waits for a response
         else:
@@ -167,11 +169,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     # -- answers -----------------------------------------------------------------------------
     def _refuse(self, status: int, code: str, message: str) -> None:
-        """Answer ``status`` with the JSON error body (unless a response started) and close."""
+        """Answer ``status`` with the JSON error body (when one fits) and close."""
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
         log.info("HTTP %d to %s: %s", status, client, message)
-        cycle = self.cycle
-        if cycle is None or cycle.response_complete or not cycle.response_started:
+        if self._may_answer():
             body = json.dumps(error_body(code, message, "-")).encode()
             head = [
                 STATUS_LINE[status],
@@ -182,6 +183,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             ]
             self.transport.write(b"".join(head) + body)
         self.transport.close()
+
+    def _may_answer(self) -> bool:
+        """Whether an error response fits now: inside a body, unless the app has started its
+        own answer; between requests, unless a pipelined response is still being written."""
+        cycle = self.cycle
+        if self._in_body:
+            return cycle is not None and not cycle.response_started
+        return cycle is None or cycle.response_complete
 
 
 def protocol_for(settings: Settings) -> type[LimitedHttpToolsProtocol]:
