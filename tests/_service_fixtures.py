@@ -338,14 +338,23 @@ def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> 
     return total
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_chunk(kind: bytes, data: bytes, crc: int | None = None) -> bytes:
+    """One PNG chunk: length, type, data, CRC (the right one unless ``crc`` is given)."""
+    body = kind + data
+    right = zlib.crc32(body)
+    return struct.pack(">I", len(data)) + body + struct.pack(">I", right if crc is None else crc)
+
+
+def grey_ihdr(width: int, height: int) -> bytes:
+    """IHDR data of an 8-bit greyscale, non-interlaced image."""
+    return struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+
+
 def png_bomb_header(width: int, height: int) -> bytes:
     """A PNG that declares ``width`` x ``height`` grey pixels but carries almost no data:
     decoding it fails (truncated), so only a size check *before* decoding can name the size."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
     idat = zlib.compress(b"\x00" * 64)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat)
+    return PNG_SIGNATURE + png_chunk(b"IHDR", grey_ihdr(width, height)) + png_chunk(b"IDAT", idat)

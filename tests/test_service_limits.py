@@ -12,7 +12,6 @@ import contextlib
 import json
 import signal
 import socket
-import struct
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -22,8 +21,11 @@ from pathlib import Path
 import httpx
 import pytest
 from _service_fixtures import (
+    PNG_SIGNATURE,
     ServiceProcess,
+    grey_ihdr,
     mnist_digits,
+    png_chunk,
     running_service,
     serving_model,
     slow_standin,
@@ -37,21 +39,15 @@ BIG_SIDE = 4500  # 20.25 Mpx: about 0.3 s to decode and resize on one core
 BIG_PIXELS = BIG_SIDE * BIG_SIDE
 
 
-def _chunk(kind: bytes, data: bytes, crc: int | None = None) -> bytes:
-    body = kind + data
-    return struct.pack(">I", len(data)) + body + struct.pack(">I", crc or zlib.crc32(body))
-
-
 @lru_cache(maxsize=1)
 def big_png(side: int = BIG_SIDE) -> bytes:
     """A valid, fully decodable side x side black PNG of about 20 KB (a decompression flood)."""
     rows = (b"\x00" * (side + 1)) * side
-    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
     return (
-        b"\x89PNG\r\n\x1a\n"
-        + _chunk(b"IHDR", ihdr)
-        + _chunk(b"IDAT", zlib.compress(rows, 6))
-        + _chunk(b"IEND", b"")
+        PNG_SIGNATURE
+        + png_chunk(b"IHDR", grey_ihdr(side, side))
+        + png_chunk(b"IDAT", zlib.compress(rows, 6))
+        + png_chunk(b"IEND", b"")
     )
 
 
@@ -295,15 +291,11 @@ def test_requests_cut_off_by_the_shutdown_deadline_get_json_503(tmp_path):
 def _png_with_bad_crc(chunk_kind: bytes) -> bytes:
     """A valid 8x8 PNG whose ``chunk_kind`` chunk has a wrong CRC (data untouched)."""
     rows = (b"\x00" + b"\x80" * 8) * 8
-    chunks = {
-        b"IHDR": struct.pack(">IIBBBBB", 8, 8, 8, 0, 0, 0, 0),
-        b"IDAT": zlib.compress(rows),
-        b"IEND": b"",
-    }
-    out = b"\x89PNG\r\n\x1a\n"
+    chunks = {b"IHDR": grey_ihdr(8, 8), b"IDAT": zlib.compress(rows), b"IEND": b""}
+    out = PNG_SIGNATURE
     for kind, data in chunks.items():
-        good = zlib.crc32(kind + data)
-        out += _chunk(kind, data, crc=(good ^ 1) if kind == chunk_kind else good)
+        wrong = zlib.crc32(kind + data) ^ 1 if kind == chunk_kind else None
+        out += png_chunk(kind, data, crc=wrong)
     return out
 
 

@@ -4,13 +4,23 @@ torchvision's Resize + CenterCrop and with training's eval transform on real pho
 from __future__ import annotations
 
 import io
+import zlib
 
 import numpy as np
 import pytest
-from _service_fixtures import encode, imagenet_photos, mnist_digits, png_bomb_header
+from _service_fixtures import (
+    PNG_SIGNATURE,
+    encode,
+    grey_ihdr,
+    imagenet_photos,
+    mnist_digits,
+    png_bomb_header,
+    png_chunk,
+)
 from PIL import Image
 
 from service.errors import InvalidImage, TooManyPixels
+from service.integrity import CorruptImage, check_png_crcs
 from service.pixels import to_rgb
 from service.preprocessing import (
     PreprocessSpec,
@@ -180,3 +190,24 @@ def test_grey_mnist_digit_becomes_rgb_crop():
     assert pixels.shape == (32, 32, 3) and pixels.dtype == np.uint8
     assert np.array_equal(pixels[..., 0], pixels[..., 2])  # grey -> equal channels
     assert pixels.max() > 200  # a real digit has bright strokes
+
+
+def test_png_crcs_are_checked_for_every_chunk_up_to_iend():
+    idat = zlib.compress(b"\x00\x01\x02" * 2)
+    good = (
+        PNG_SIGNATURE
+        + png_chunk(b"IHDR", grey_ihdr(2, 2))
+        + png_chunk(b"IDAT", idat)
+        + png_chunk(b"IEND", b"")
+    )
+    check_png_crcs(good)  # no error
+    check_png_crcs(good + b"trailing bytes after IEND are ignored")
+    check_png_crcs(b"GIF89a not a png")  # other formats: nothing to check
+    check_png_crcs(good[:40])  # a chunk cut short is the decoder's business (truncated)
+    at = good.index(b"IDAT") + 4  # first byte of IDAT's data
+    damaged = good[:at] + bytes([good[at] ^ 0xFF]) + good[at + 1 :]
+    with pytest.raises(CorruptImage, match="'IDAT' at byte 33"):
+        check_png_crcs(damaged)
+    with pytest.raises(InvalidImage, match="CRC"):
+        decode(damaged, max_pixels=100)
+    assert decode(good, max_pixels=100).size == (2, 2)
