@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: serve test setup-serve setup-dev system-deps default-model lint bench-service bench-scaleout clean
+.PHONY: serve test setup-serve setup-dev system-deps default-model lint bench-service bench-scaleout bench-peers clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,9 @@ bench-service: setup-dev
 
 bench-scaleout: setup-dev system-deps  ## two replicas behind nginx vs one (needs nginx)
 	$(PY) benchmarks/bench_scaleout.py
+
+bench-peers: setup-dev                 ## beside ../shared/benchmarks/peers: PEERS_PYTHON=their venv's python
+	$(PY) benchmarks/bench_side_by_side.py --peers-python $(PEERS_PYTHON)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
