@@ -177,6 +177,23 @@ def test_head_reads_centroids_detached() -> None:
     assert model.head.fc_hallucinator.weight.grad.abs().sum() > 0
 
 
+def test_start_head_imprints_the_classifier_when_configured() -> None:
+    """classifier_init=centroids: the cosine classifier starts as nearest class mean, so its
+    logits are s * g(||v_meta||) * cos(v_meta, c_k) (memory and reach scaling off: v_meta = v)."""
+    centroids = torch.tensor([[1.0, 0.0], [3.0, 4.0]])
+    cfg = {"feat_dim": 2, "memory": False, "reach_scaling": False}
+    imprinted = _model(k=2, classifier_init="centroids", **cfg)
+    imprinted.start_head(centroids)
+    assert torch.equal(imprinted.classifier.weight, centroids)
+    assert torch.equal(imprinted.centroids, centroids)
+    out = imprinted.forward_head(torch.tensor([[0.0, 2.0]]))  # cos (0, .8), g(2) = 2/3
+    torch.testing.assert_close(out.logits, torch.tensor([[0.0, 16 * 2 / 3 * 0.8]]))
+    plain = _model(k=2, **cfg)
+    before = plain.classifier.weight.clone()
+    plain.start_head(centroids)
+    assert torch.equal(plain.classifier.weight, before) and torch.equal(plain.centroids, centroids)
+
+
 def test_set_centroids_checks_shape() -> None:
     model = _model()
     with pytest.raises(ValueError, match=r"\(3, 512\)"):

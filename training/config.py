@@ -100,6 +100,9 @@ class ModelConfig(_Strict):
     """d_k, the distance of v_direct to centroid k: l2 = ||v - c_k|| (paper); cosine =
     1 - cos(v, c_k), blind to feature norms (docs/BENCHMARKS.md: what works on photos)."""
     cosine_scale: float = Field(16.0, gt=0)
+    classifier_init: Literal["random", "centroids"] = "random"
+    """Stage-2 cosine classifier start: random, or imprinted with the class centroids (weight
+    imprinting, Qi et al. CVPR 2018): it then starts as the nearest-class-mean classifier."""
     squash: Literal["code", "paper"] = "code"
     """code: g(n) = n/(1+n) (authors' code); paper: g(n) = n^2/(1+n^2)."""
 

@@ -186,10 +186,17 @@ def _class_sums(
     return sums, torch.bincount(labels, minlength=num_classes).double()
 
 
-def reset_centroids(model: nn.Module, loader: DataLoader, device: torch.device) -> None:
-    """Set the centroid memory to the class means of the direct features over ``loader``."""
+def reset_centroids(
+    model: nn.Module, loader: DataLoader, device: torch.device, *, start: bool = False
+) -> None:
+    """Set the centroid memory to the class means of the direct features over ``loader``;
+    ``start=True`` (the start of stage 2) also imprints the classifier when configured."""
     net = unwrap(model)
-    net.set_centroids(class_means(net, loader, net.num_classes, device))
+    means = class_means(net, loader, net.num_classes, device)
+    if start:
+        net.start_head(means)
+    else:
+        net.set_centroids(means)
 
 
 def _progress(loader: DataLoader, desc: str) -> Iterator:

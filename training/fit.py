@@ -192,7 +192,7 @@ def _stage2(cfg, run_dir, data, device, extra, model: OLTRNet):
     if state is not None:
         model.load_state_dict(state["model"])
     else:
-        reset_centroids(model, data.loader("train_eval"), device)
+        reset_centroids(model, data.loader("train_eval"), device, start=True)
     history: list[dict[str, Any]] = list(state["history"]) if state else []
     if state is None or state["epoch"] + 1 < cfg.stage2.epochs:
         weights = LossWeights.for_oltr(data.train_counts, cfg)

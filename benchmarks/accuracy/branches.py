@@ -96,11 +96,18 @@ def train_classifier(
 
 
 def init_centroids(
-    model: OLTRNet, train_eval: Dataset, device: torch.device, batch: int, workers: int = 0
+    model: OLTRNet,
+    train_eval: Dataset,
+    device: torch.device,
+    batch: int,
+    workers: int = 0,
+    *,
+    start: bool = False,
 ) -> None:
-    """Centroids = class means of the direct features of the training images (eval mode)."""
+    """Centroids = class means of the direct features of the training images (eval mode);
+    ``start``: the start of stage 2 (the classifier is imprinted when configured)."""
     loader = DataLoader(train_eval, batch_size=batch, shuffle=False, num_workers=workers)
-    reset_centroids(model, loader, device)
+    reset_centroids(model, loader, device, start=start)
 
 
 def train_oltr(
@@ -117,7 +124,9 @@ def train_oltr(
     """OLTR stage 2 on a model that :meth:`OLTRNet.to_oltr` has already converted."""
     if model.stage != "oltr":
         raise ValueError("train_oltr needs a stage 'oltr' model (call to_oltr first)")
-    init_centroids(model, train_eval, device, cfg.eval.batch_size, _workers(cfg, cached))
+    init_centroids(
+        model, train_eval, device, cfg.eval.batch_size, _workers(cfg, cached), start=True
+    )
     weights = LossWeights.for_oltr(extra["train_counts"], cfg)
     run = StageRun.for_fit(2, cfg, model, train_set, device, checkpoint, extra, weights)
     history = run_stage(_frozen(cfg.stage2, cached), run)

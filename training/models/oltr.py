@@ -132,6 +132,14 @@ class OLTRNet(nn.Module):
             raise ValueError(f"centroids must have shape {expected}, got {tuple(centroids.shape)}")
         self.head.centroids.copy_(centroids)
 
+    @torch.no_grad()
+    def start_head(self, centroids: Tensor) -> None:
+        """Stage 2's starting point: the centroid memory, and with ``classifier_init=centroids``
+        the cosine classifier's weights too (then it starts as nearest class mean)."""
+        self.set_centroids(centroids)
+        if self.cfg.classifier_init == "centroids":
+            self.classifier.weight.copy_(centroids)
+
     def freeze_backbone(self, frozen: bool = True) -> None:
         """Stop (or resume) training the backbone: no gradients, and BatchNorm stays in eval
         mode (running statistics frozen, no batch statistics) even under ``model.train()``."""
