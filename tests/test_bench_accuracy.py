@@ -125,6 +125,19 @@ def test_branch_methods_cannot_change_the_shared_stage1():
     assert MethodSpec(title="x", kind="scratch", overrides=["stage1.logit_adjust_tau=1"])
 
 
+def test_probe_methods_need_cached_features_and_name_their_probe():
+    with pytest.raises(ValueError, match="goes with kind 'probe'"):
+        MethodSpec(title="x", kind="probe")
+    with pytest.raises(ValueError, match="goes with kind 'probe'"):
+        MethodSpec(title="x", kind="oltr", probe="ncm")
+    with pytest.raises(ValueError, match="takes no overrides"):
+        MethodSpec(title="x", kind="probe", probe="ncm", overrides=["model.fc_add=false"])
+    probe = MethodSpec(title="x", kind="probe", probe="ncm")
+    protocol = ProtocolSpec(title="p", methods={"ncm": probe})
+    with pytest.raises(ConfigError, match="need cache_stage1"):
+        protocol.base_config()
+
+
 def test_cached_stage_requires_a_frozen_backbone():
     protocol = ProtocolSpec(title="p", cache_stage2=True, methods={})
     with pytest.raises(ConfigError, match="stage2.freeze_backbone=true"):
@@ -277,6 +290,8 @@ protocols:
     methods:
       plain: {title: plain, kind: plain}
       oltr: {title: OLTR, kind: oltr}
+      probe_logreg: {title: linear probe, kind: probe, probe: logreg}
+      probe_knn3: {title: 3-NN, kind: probe, probe: knn, k: 3}
 """
 
 
@@ -385,12 +400,40 @@ def test_smoke_stage1_checkpoint_is_a_project_checkpoint(tiny_bench):
 @needs_data
 @pytest.mark.data
 @pytest.mark.slow
+def test_smoke_probe_is_logistic_regression_on_the_cached_pooled_maps(tiny_bench):
+    """The probe row equals scikit-learn fitted here on the maps the run kept on disk."""
+    from sklearn.linear_model import LogisticRegression
+
+    base, _, _ = tiny_bench
+    (cached,) = (base / "work" / "maps").glob("pretrained_closed-*.pt")
+    maps = torch.load(cached, weights_only=True)
+    pooled = {n: maps[n][0].mean(dim=(2, 3)).double().numpy() for n in ("train_eval", "test")}
+    unit = {n: x / np.linalg.norm(x, axis=1, keepdims=True) for n, x in pooled.items()}
+    labels = {n: maps[n][1].numpy() for n in ("train_eval", "test")}
+    lr = LogisticRegression(class_weight="balanced", max_iter=5000, random_state=0)
+    preds = lr.fit(unit["train_eval"], labels["train_eval"]).predict(unit["test"])
+    result = _run_result(base, "pretrained_closed", "probe_logreg")
+    expected = float(np.mean(preds == labels["test"]))
+    assert result["report"]["closed_set"]["overall"] == pytest.approx(expected)
+    assert result["model_config"] == {"probe": "logreg", "k": 1}
+    knn = _run_result(base, "pretrained_closed", "probe_knn3")["report"]
+    assert "reachability" in knn["open_set"]["scores"]  # the probe's cosine reach is scored
+
+
+@needs_data
+@pytest.mark.data
+@pytest.mark.slow
 def test_smoke_rerun_skips_finished_runs(tiny_bench):
     base, args, _ = tiny_bench
     result = base / "work" / "scratch" / "seed0" / "oltr" / "result.json"
     before = result.stat().st_mtime_ns
+    (maps,) = (base / "work" / "maps").glob("pretrained_closed-*.pt")
+    maps_before = maps.stat().st_mtime_ns
+    probe = base / "work" / "pretrained_closed" / "seed0" / "probe_logreg" / "result.json"
+    probe.unlink()  # redone from the maps kept on disk, which are not recomputed
     assert main(args) == 0
     assert result.stat().st_mtime_ns == before
+    assert maps.stat().st_mtime_ns == maps_before and probe.is_file()
 
 
 def test_missing_shared_data_is_a_clear_error(tmp_path, capsys):

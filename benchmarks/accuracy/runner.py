@@ -37,9 +37,17 @@ from benchmarks.accuracy.datasets import (
     write_closed_lt_split,
     write_open_lt_split,
 )
-from benchmarks.accuracy.features import backbone_bypassed, compute_maps, compute_views
+from benchmarks.accuracy.features import (
+    MapDataset,
+    ViewMapDataset,
+    backbone_bypassed,
+    compute_maps,
+    compute_views,
+)
+from benchmarks.accuracy.probes import Probe, class_means, probe_outputs
 from benchmarks.accuracy.scoring import diagnostics, report, run_sets
 from benchmarks.accuracy.settings import BenchConfig, MethodSpec, ProtocolSpec
+from training.atomic import atomic_file
 from training.config import FitConfig, load_config, save_config
 from training.data import ImageDataset, eval_transform, load_split
 from training.engine import LossWeights
@@ -162,10 +170,7 @@ class Benchmark:
             seed_dir = self.work / name / f"seed{seed}"
             plain, maps = None, None
             if protocol.cache_stage1 and pretrained_maps is None:
-                pretrained = self._new_plain(cfg, data)
-                pretrained_maps = self._maps(
-                    pretrained, cfg, data, "pretrained", protocol.train_views, self.bench.split_seed
-                )
+                pretrained_maps = self._pretrained_maps(name, protocol, cfg, data)
             if protocol.cache_stage1:
                 maps = pretrained_maps
             if any(protocol.methods[m].kind != "scratch" for m in todo):
@@ -227,6 +232,30 @@ class Benchmark:
         )
         model.load_state_dict(plain.state_dict())
         return model.to(self.device)
+
+    def _pretrained_maps(
+        self, name: str, protocol: ProtocolSpec, cfg: FitConfig, data: SeedData
+    ) -> dict[str, Dataset]:
+        """The frozen pretrained backbone's maps of every set, kept on disk across runs.
+
+        They depend only on the protocol's fit overrides, its views, the data sizes and the
+        split seed (the key of the file), not on the training seed."""
+        key = json.dumps(
+            [protocol.fit, protocol.train_views, self.bench.data.model_dump(), protocol.dataset]
+            + [self.bench.closed.model_dump(), self.bench.split_seed]
+        )
+        path = self.work / "maps" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
+        if not path.is_file():
+            pretrained = self._new_plain(cfg, data)
+            maps = self._maps(
+                pretrained, cfg, data, "pretrained", protocol.train_views, self.bench.split_seed
+            )
+            with atomic_file(path) as handle:  # "train" is train_eval itself without views
+                torch.save({n: _arrays(m) for n, m in maps.items()}, handle)
+            return maps
+        log.info("loading the cached %s feature maps from %s", name, path)
+        stored = torch.load(path, weights_only=True)
+        return {n: _dataset(n, *arrays) for n, arrays in stored.items()}
 
     def _maps(
         self, model: OLTRNet, cfg: FitConfig, data: SeedData, what: str, views: int, seed: int
@@ -295,6 +324,8 @@ class Benchmark:
         save_config(cfg, out / "config.yaml")
         torch.manual_seed(cfg.seed * 7919 + zlib.crc32(name.encode()) % 7919)
         started = time.monotonic()
+        if spec.kind == "probe":
+            return self._run_probe(name, cfg, spec, data, maps, out, started)
         if spec.kind == "scratch":
             model = self._new_plain(cfg, data)
             stage1_maps = maps if protocol.cache_stage1 else None
@@ -342,28 +373,109 @@ class Benchmark:
         shift = None
         if spec.kind == "posthoc":
             shift = LossWeights.for_stage(data.train_counts, spec.tau).logit_shift.numpy()
-        rep, scored_sets = report(outs, cfg, data.train_counts, shift)
         centroids = model.centroids.detach().cpu().numpy() if model.centroids is not None else None
-        result = {
-            "method": name,
-            "title": spec.title,
-            "kind": spec.kind,
-            "seed": cfg.seed,
-            "class_names": data.class_names,
-            "model_config": model.cfg.model_dump(mode="json"),
-            "train_counts": data.train_counts,
-            "stage2_on_cached_maps": maps is not None,
-            "report": rep,
-            "diagnostics": diagnostics(outs, centroids),
-            "train_seconds": round(train_seconds, 1),
-            "eval_seconds": round(time.monotonic() - started, 1),
-        }
-        arrays = {f"{s}/{k}": v for s, ss in scored_sets.items() for k, v in ss.scores.items()}
-        for set_name, ss in scored_sets.items():
-            arrays |= {f"{set_name}/preds": ss.preds, f"{set_name}/labels": ss.labels}
-        np.savez_compressed(out / SCORES_FILE, **arrays)
-        (out / RESULT_FILE).write_text(json.dumps(result, indent=1))
-        return result
+        return _save_result(
+            out,
+            outs,
+            cfg,
+            data,
+            shift,
+            centroids,
+            {
+                "method": name,
+                "title": spec.title,
+                "kind": spec.kind,
+                "seed": cfg.seed,
+                "class_names": data.class_names,
+                "model_config": model.cfg.model_dump(mode="json"),
+                "train_counts": data.train_counts,
+                "stage2_on_cached_maps": maps is not None,
+                "train_seconds": round(train_seconds, 1),
+                "eval_started": started,
+            },
+        )
+
+    def _run_probe(
+        self,
+        name: str,
+        cfg: FitConfig,
+        spec: MethodSpec,
+        data: SeedData,
+        maps: dict[str, Dataset] | None,
+        out: Path,
+        started: float,
+    ) -> dict[str, Any]:
+        """A probe baseline fitted on the pooled clean training maps, scored like a model."""
+        if maps is None or spec.probe is None:
+            raise ValueError(f"probe method {name!r} needs the protocol's cached maps")
+        names = dict.fromkeys([*data.eval_names, "train_eval"])
+        pooled = {n: maps[n].maps.mean(dim=(2, 3)).double().numpy() for n in names}
+        labels = {n: np.asarray(maps[n].labels) for n in names}
+        probe = Probe(spec.probe, spec.k, seed=cfg.seed).fit(
+            pooled["train_eval"], labels["train_eval"]
+        )
+        train_seconds = time.monotonic() - started
+        outs = probe_outputs(probe, pooled, labels)
+        means = class_means(pooled["train_eval"], labels["train_eval"], len(data.class_names))
+        return _save_result(
+            out,
+            outs,
+            cfg,
+            data,
+            None,
+            means,
+            {
+                "method": name,
+                "title": spec.title,
+                "kind": spec.kind,
+                "seed": cfg.seed,
+                "class_names": data.class_names,
+                "model_config": {"probe": spec.probe, "k": spec.k},
+                "train_counts": data.train_counts,
+                "stage2_on_cached_maps": True,
+                "train_seconds": round(train_seconds, 1),
+                "eval_started": time.monotonic(),
+            },
+        )
+
+
+def _save_result(
+    out: Path,
+    outs: dict[str, dict[str, np.ndarray]],
+    cfg: FitConfig,
+    data: SeedData,
+    shift: np.ndarray | None,
+    centroids: np.ndarray | None,
+    fields: dict[str, Any],
+) -> dict[str, Any]:
+    """Report, diagnostics and scores of one run, written to ``out``; returns result.json."""
+    started = fields.pop("eval_started")
+    rep, scored_sets = report(outs, cfg, data.train_counts, shift)
+    result = {
+        **fields,
+        "report": rep,
+        "diagnostics": diagnostics(outs, centroids),
+        "eval_seconds": round(time.monotonic() - started, 1),
+    }
+    arrays = {f"{s}/{k}": v for s, ss in scored_sets.items() for k, v in ss.scores.items()}
+    for set_name, ss in scored_sets.items():
+        arrays |= {f"{set_name}/preds": ss.preds, f"{set_name}/labels": ss.labels}
+    np.savez_compressed(out / SCORES_FILE, **arrays)
+    (out / RESULT_FILE).write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _arrays(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tensors of a cached-map dataset, for torch.save."""
+    maps = dataset.views if isinstance(dataset, ViewMapDataset) else dataset.maps
+    return maps, torch.tensor(dataset.labels)
+
+
+def _dataset(name: str, maps: torch.Tensor, labels: torch.Tensor) -> Dataset:
+    """A cached-map dataset back from :func:`_arrays` (``train`` may hold augmented views)."""
+    if name == "train" and maps.ndim == 5:
+        return ViewMapDataset(maps, labels.tolist())
+    return MapDataset(maps, labels.tolist())
 
 
 def _fmt(value: float | None) -> str:

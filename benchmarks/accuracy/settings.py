@@ -13,6 +13,9 @@ seed, except ``scratch`` methods, which train their own stage 1:
 - ``oltr``: stage 2 of OLTR (to_oltr, class-mean centroids, centroid loss), as training.fit does.
 - ``scratch``: a separate stage 1 with the method's overrides (e.g. Balanced Softmax from the
   start: ``stage1.logit_adjust_tau=1``).
+- ``probe``: no training of the project's: a baseline fitted on the frozen backbone's pooled
+  features (:mod:`benchmarks.accuracy.probes`: logistic regression, nearest class mean, k-NN);
+  needs ``cache_stage1`` (a frozen backbone's cached maps).
 
 Cached stages (``cache_stage1`` / ``cache_stage2``) train on backbone feature maps computed once
 in eval mode without augmentation; that is exact only for a frozen backbone, so it requires
@@ -30,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from training.config import ConfigError, FitConfig, load_config
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-MethodKind = Literal["plain", "posthoc", "classifier", "oltr", "scratch"]
+MethodKind = Literal["plain", "posthoc", "classifier", "oltr", "scratch", "probe"]
 _BRANCH_KINDS = ("classifier", "oltr")
 """Methods that train on from the shared stage-1 model."""
 _BRANCH_FORBIDDEN = (
@@ -86,6 +89,10 @@ class MethodSpec(_Strict):
     """classifier only: re-initialise the linear classifier before training it (cRT)."""
     tau: float = Field(1.0, gt=0)
     """posthoc only: the logit-adjustment strength."""
+    probe: Literal["logreg", "ncm", "knn"] | None = None
+    """probe only: which baseline (see :mod:`benchmarks.accuracy.probes`)."""
+    k: int = Field(1, ge=1)
+    """probe knn only: the number of neighbours."""
     cached: bool = True
     """false: this method's stage 2 trains on the images, not on the protocol's cached maps, so
     ``stage2.freeze_backbone=false`` fine-tunes the shared stage-1 backbone (the paper's
@@ -93,8 +100,10 @@ class MethodSpec(_Strict):
 
     @model_validator(mode="after")
     def _branch_overrides(self) -> MethodSpec:
-        if self.kind in ("plain", "posthoc") and self.overrides:
+        if self.kind in ("plain", "posthoc", "probe") and self.overrides:
             raise ValueError(f"a {self.kind!r} method takes no overrides")
+        if (self.kind == "probe") != (self.probe is not None):
+            raise ValueError("'probe: logreg | ncm | knn' goes with kind 'probe', and only there")
         if not self.cached and self.kind not in _BRANCH_KINDS:
             raise ValueError(f"'cached: false' is for classifier and oltr methods, not {self.kind}")
         if self.kind in _BRANCH_KINDS:
@@ -137,6 +146,12 @@ class ProtocolSpec(_Strict):
                 )
         if self.cache_stage1 and not self.cache_stage2:
             raise ConfigError(f"protocol {self.title!r}: cache_stage1 needs cache_stage2")
+        probes = [n for n, m in self.methods.items() if m.kind == "probe"]
+        if probes and not self.cache_stage1:
+            raise ConfigError(
+                f"protocol {self.title!r}: probe methods {probes} fit on a frozen backbone's "
+                "cached features; they need cache_stage1"
+            )
         for name, method in self.methods.items():
             if self.cache_stage2 and method.cached and method.kind in _BRANCH_KINDS:
                 own = load_config(overrides=[*self.fit, *method.overrides])
