@@ -22,7 +22,7 @@ from benchmarks.accuracy.scoring import alternative_scores
 from benchmarks.accuracy.settings import MethodSpec, ProtocolSpec, load_bench_config
 from benchmarks.accuracy.tables import cell, headline_table
 from training.checkpoint import load_checkpoint, model_from_checkpoint
-from training.config import ConfigError, ModelConfig
+from training.config import ConfigError, ModelConfig, load_config
 from training.data import DataError
 from training.models import build_model
 
@@ -167,6 +167,21 @@ def test_bundled_configs_validate(name):
     for protocol in bench.protocols.values():
         kinds = {m.kind for m in protocol.methods.values()}
         assert {"plain", "oltr"} <= kinds
+
+
+def test_photos_preset_is_the_recipe_the_benchmark_measures():
+    """Every setting of the benchmark's photos row (protocol B's shared fit plus the method's
+    overrides) has the same value in `--preset photos`, except stage 1's length: with no
+    fc_add, attention or memory, stage 1 does not reach the exported OLTR model."""
+    protocol = load_bench_config("quick").protocols["pretrained"]
+    measured = load_config(overrides=[*protocol.fit, *protocol.methods["oltr_photos"].overrides])
+    preset = load_config(preset="photos")
+    for override in [*protocol.fit, *protocol.methods["oltr_photos"].overrides]:
+        section, key = override.split("=")[0].split(".")
+        if section == "stage1" and key in ("epochs", "batch_size"):
+            continue
+        assert getattr(getattr(preset, section), key) == getattr(getattr(measured, section), key)
+    assert not (preset.model.fc_add or preset.model.attention or preset.model.memory)
 
 
 def test_unknown_config_names_the_bundled_ones():

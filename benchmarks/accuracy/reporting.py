@@ -13,6 +13,10 @@ from benchmarks.accuracy.runner import load_errors, load_results
 from benchmarks.accuracy.settings import BenchConfig
 
 HEADLINE_ROWS = (
+    ("probe_logreg", "max_softmax"),
+    ("probe_logreg", "reachability"),
+    ("probe_ncm", "reachability"),
+    ("probe_knn10", "reachability"),
     ("plain", "max_softmax"),
     ("balanced_softmax", "max_softmax"),
     ("balanced_softmax_scratch", "max_softmax"),
@@ -20,6 +24,9 @@ HEADLINE_ROWS = (
     ("oltr", "reachability"),
     ("oltr", "combined"),
     ("oltr", "energy"),
+    ("oltr_photos", "reachability"),
+    ("oltr_photos", "max_softmax"),
+    ("oltr_photos", "combined"),
 )
 
 
