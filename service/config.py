@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.card import ScoreName
+from oltr_contract.scores import ScoreName
 
 ENV_PREFIX = "OLTR_"
 KNOWN_PROVIDERS = {

@@ -64,11 +64,11 @@ async def reload_model(body: ReloadRequest, state: StateDep) -> ReloadResponse:
 async def put_threshold(body: ThresholdRequest, state: StateDep) -> ThresholdResponse:
     state.require_predictor()
     if body.threshold is not None:
-        problem = threshold_problem(state.score_name(), body.threshold)
+        problem = threshold_problem(state.policy().score, body.threshold)
         if problem:
             raise InvalidThreshold(problem)
     state.set_admin_threshold(body.threshold)
-    value, source = state.threshold()
+    policy = state.policy()
     return ThresholdResponse(
-        unknown_score=state.score_name(), threshold=value, threshold_source=source
+        unknown_score=policy.score, threshold=policy.threshold, threshold_source=policy.source
     )
