@@ -63,7 +63,8 @@ def max_softmax(probabilities: npt.ArrayLike) -> Array:
 
     The maximum is taken in the output's own dtype (float32 from the artifact), then widened:
     the value the service has always answered with."""
-    return np.max(_batch("probabilities", probabilities, 2), axis=-1).astype(np.float64)
+    out: Array = np.max(_batch("probabilities", probabilities, 2), axis=-1).astype(np.float64)
+    return out
 
 
 def energy(logits: npt.ArrayLike, temperature: float = 1.0) -> Array:

@@ -47,7 +47,7 @@ class ServiceState:
         self.admission = Admission(settings, self.batcher)  # decoding has its own threads
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="oltr-load")
         self._reload_lock = asyncio.Lock()
-        self._warmup: asyncio.Task | None = None
+        self._warmup: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -167,7 +167,8 @@ class ServiceState:
 
 
 def get_state(request: Request) -> ServiceState:
-    return request.app.state.service
+    state: ServiceState = request.app.state.service
+    return state
 
 
 StateDep = Annotated[ServiceState, Depends(get_state)]

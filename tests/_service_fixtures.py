@@ -33,9 +33,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
+from benchmarks.shared_data import shared_data_dir
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "models" / "default" / "model.onnx"
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = shared_data_dir()
 IMAGENET_TAR = SHARED_DATA / "imagenet-sample-open.tar.gz"
 
 RGB_CLASSES = {"red": (0.9, 0.1, 0.1), "green": (0.1, 0.9, 0.1), "blue": (0.1, 0.1, 0.9)}

@@ -8,7 +8,7 @@ import json
 
 import pytest
 from _default_answers import FIXTURE, images, record_all
-from _service_fixtures import DEFAULT_MODEL, card_of
+from _service_fixtures import DEFAULT_MODEL, IMAGENET_TAR, card_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.data]
 
@@ -20,5 +20,5 @@ def test_answers_are_bit_identical_to_the_recorded_ones(tmp_path):
         pytest.skip(f"models/default is no longer {version}: re-record tests/_default_answers.py")
     named = images()
     if not named["photos"]:
-        pytest.skip("../shared/data/imagenet-sample-open.tar.gz is absent")
+        pytest.skip(f"{IMAGENET_TAR} is absent")
     assert record_all(tmp_path, named) == recorded

@@ -58,6 +58,8 @@ class FitResult:
     run_dir: Path
     metrics: dict[str, Any]
     model_dir: Path | None
+    model: OLTRNet
+    """The trained stage-2 model (in memory, as fit evaluated and exported it)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,7 +135,7 @@ def fit(
         log.info("fit took %.1f s", metrics["fit_seconds"])
     model_dir = _export(cfg, run_dir, unwrap(model), data, metrics) if export else None
     dist_utils.barrier()
-    return FitResult(run_dir, metrics, model_dir)
+    return FitResult(run_dir, metrics, model_dir, unwrap(model))
 
 
 def pick_device(name: str) -> torch.device:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
@@ -30,7 +31,7 @@ def require_admin(request: Request, state: StateDep) -> None:
         raise Forbidden("admin token rejected")
 
 
-_AUTH_ERRORS = {
+_AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "No bearer token"},
     403: {"model": ErrorResponse, "description": "Wrong token"},
 }
