@@ -203,6 +203,20 @@ def serving_model(tmp_dir: Path) -> tuple[Path, bool]:
     return write_model(tmp_dir / "standin" / "model.onnx", build_standin()), False
 
 
+def output_row(logits: list[float], reach: float = 2.0, dist: float = 5.0) -> dict:
+    """One image's model outputs, as the batcher hands them on: float32, softmax of ``logits``."""
+    x = np.array(logits, dtype=np.float32)
+    e = np.exp(x - x.max())
+    return {
+        "logits": x,
+        "probabilities": (e / e.sum()).astype(np.float32),
+        "reachability": np.float32(reach),
+        "distance": np.float32(dist),
+        "nearest_class": np.int64(0),
+        "embedding": np.zeros(4, dtype=np.float32),
+    }
+
+
 # -- real images ------------------------------------------------------------------------------
 
 

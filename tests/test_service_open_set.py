@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from _service_fixtures import output_row
 
 from oltr_contract.scores import score_definition
 from service.card import ModelCard
@@ -32,16 +33,6 @@ def _card(score: str = "combined", threshold: float = 0.9) -> ModelCard:
             "threshold": threshold,
         }
     )
-
-
-def _row(logits: list[float], reach: float) -> dict[str, np.ndarray]:
-    x = np.array(logits, dtype=np.float32)
-    e = np.exp(x - x.max())
-    return {
-        "logits": x,
-        "probabilities": (e / e.sum()).astype(np.float32),
-        "reachability": np.float32(reach),
-    }
 
 
 @pytest.mark.parametrize(
@@ -71,7 +62,7 @@ def test_a_score_from_the_settings_uses_the_contract_definition_and_no_params():
 def test_decisions_by_hand():
     # softmax(2, 0, 0) max = e^2 / (e^2 + 2) = 0.786986; msp / 0.5 = 1.573972.
     # near: reach 3.5 / 2 = 1.75 -> combined 1.573972; far: reach 0.7 / 2 = 0.35.
-    rows = [_row([2.0, 0.0, 0.0], 3.5), _row([2.0, 0.0, 0.0], 0.7)]
+    rows = [output_row([2.0, 0.0, 0.0], 3.5), output_row([2.0, 0.0, 0.0], 0.7)]
     combined = policy_for(Settings(), _card()).decide(rows)
     np.testing.assert_allclose(combined.scores, [1.573972, 0.35], atol=1e-6)
     assert combined.unknown.tolist() == [False, True]  # threshold 0.9
@@ -84,7 +75,7 @@ def test_decisions_by_hand():
 
 
 def test_a_nan_score_is_unknown():
-    rows = [_row([0.0, 0.0, 0.0], math.nan)]
+    rows = [output_row([0.0, 0.0, 0.0], math.nan)]
     policy = policy_for(Settings(unknown_score="reachability", threshold=-1e9), _card())
     assert policy.decide(rows).unknown.tolist() == [True]
 

@@ -4,23 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _service_fixtures import output_row
 
 from service.postprocess import to_prediction, top_k
 
 NAMES = ["cat", "dog", "owl"]
-
-
-def _row(logits, reach=2.0, dist=5.0):
-    logits = np.array(logits, dtype=np.float32)
-    e = np.exp(logits - logits.max())
-    return {
-        "logits": logits,
-        "probabilities": (e / e.sum()).astype(np.float32),
-        "reachability": np.float32(reach),
-        "distance": np.float32(dist),
-        "nearest_class": np.int64(0),
-        "embedding": np.zeros(4, dtype=np.float32),
-    }
 
 
 def test_top_k_order_ties_and_clipping():
@@ -33,7 +21,12 @@ def test_top_k_order_ties_and_clipping():
 
 def test_prediction_fields():
     p = to_prediction(
-        _row([0.0, 1.0, 0.0], reach=3.5), NAMES, score=1.25, unknown=True, k=2, filename="x.png"
+        output_row([0.0, 1.0, 0.0], reach=3.5),
+        NAMES,
+        score=1.25,
+        unknown=True,
+        k=2,
+        filename="x.png",
     )
     assert (p.label, p.class_index, p.filename) == ("dog", 1, "x.png")
     assert p.score == 1.25 and p.unknown is True
@@ -44,7 +37,7 @@ def test_prediction_fields():
 
 
 def test_probability_rounding_above_one_is_clipped():
-    row = _row([50.0, 0.0, 0.0])
+    row = output_row([50.0, 0.0, 0.0])
     row["probabilities"] = np.array([1.0000001, 0.0, 0.0], dtype=np.float32)
     p = to_prediction(row, NAMES, score=1.0, unknown=False, k=1, filename=None)
     assert p.confidence == 1.0 and p.top_k[0].probability == 1.0
