@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, StrictFloat, field_validator
 
-from oltr_contract.scores import ScoreName
+from oltr_contract.scores import SCORE_NAMES, ScoreName, score_definition
 
 ThresholdSource = Literal["request", "admin", "settings", "card"]
 """Where a threshold came from (precedence in :mod:`service.open_set`)."""
@@ -55,10 +55,9 @@ class Prediction(BaseModel):
     )
     score: float = Field(
         description="Value of the configured unknown score (see `unknown_score` in the "
-        "response); higher means more known. reachability: 0..inf, max_softmax: 0..1, "
-        "energy: logsumexp of the logits, any real; combined: min(max_softmax / p_msp, "
-        "reachability / p_reach), 0..inf, each part divided by its calibrated threshold "
-        "(the card's unknown_score.params)."
+        "response); higher means more known. "
+        + "; ".join(f"{name}: {score_definition(name)}" for name in SCORE_NAMES)
+        + " (params: the card's unknown_score.params)."
     )
     unknown: bool = Field(
         description="True when `score` < `threshold`: the image is likely of no known class "
