@@ -140,7 +140,7 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, cache_dir):
         (run_dir / name).unlink()  # as if stopped at the end of stage-1 epoch 1
     ckpt1 = run_dir / "checkpoints" / "stage1.pt"
     state = load_checkpoint(ckpt1)
-    assert state["epoch"] == 1
+    assert state["epoch"] == 1  # 0-based in the checkpoint, 1-based in the history rows
     state["history"] = [{**row, "loss": 1000.0 + row["epoch"]} for row in state["history"]]
     marks = [row["loss"] for row in state["history"]]
     torch.save(state, ckpt1)
@@ -148,7 +148,7 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, cache_dir):
     cfg.stage1.epochs = 3
     resumed = fit(cfg, run_dir, resume=True, export=False)
     stage1 = [r for r in resumed.metrics["history"] if r["stage"] == 1]
-    assert [r["epoch"] for r in stage1] == [0, 1, 2]
+    assert [r["epoch"] for r in stage1] == [1, 2, 3]
     assert [r["loss"] for r in stage1[:2]] == marks  # carried over, not retrained
     assert stage1[2]["loss"] < 100  # the one epoch trained now
     assert load_checkpoint(ckpt1)["epoch"] == 2
