@@ -147,7 +147,7 @@ def error_response(
     """The JSON error; under /v2 the Open Inference Protocol's ``{"error": message}``."""
     path = request.url.path
     if path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/"):
-        body: dict = {"error": message}
+        body: dict[str, Any] = {"error": message}
     else:
         body = error_body(code, message, request_id_of(request))
     return JSONResponse(body, status_code=status, headers=headers)
