@@ -31,9 +31,10 @@ serve: setup-serve                     ## serve models/default on http://127.0.0
 test: setup-dev system-deps            ## the whole test suite
 	$(PY) -m pytest
 
-lint: setup-dev
-	$(PY) -m ruff check training service tests benchmarks docker
-	$(PY) -m ruff format --check training service tests benchmarks docker
+lint: setup-dev                        ## ruff on everything, mypy --strict on service + oltr_contract
+	$(PY) -m ruff check oltr_contract training service tests benchmarks docker
+	$(PY) -m ruff format --check oltr_contract training service tests benchmarks docker
+	$(PY) -m mypy
 
 default-model: setup-dev               ## retrain and re-export the committed default model
 	rm -rf runs/default-model

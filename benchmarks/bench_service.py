@@ -37,11 +37,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.shared_data import shared_data_dir  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.predictor import Predictor  # noqa: E402
 from service.preprocessing import image_to_input  # noqa: E402
 
-PHOTOS = REPO.parent / "shared" / "data" / "imagenet-sample-open.tar.gz"
+PHOTOS = shared_data_dir() / "imagenet-sample-open.tar.gz"
 MAX_PIXELS = 40_000_000
 
 

@@ -26,7 +26,7 @@ def main() -> int:
         port=settings.port,
         log_config=log_config(settings),
         log_level=settings.log_level,
-        timeout_graceful_shutdown=settings.shutdown_timeout_s,
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,  # type: ignore[arg-type]  # float ok
         http=protocol_for(settings),
         timeout_keep_alive=settings.keepalive_timeout_s,  # type: ignore[arg-type]
         lifespan="on",

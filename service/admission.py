@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -158,7 +158,7 @@ class Admission:
                 probed.append(_Probed(upload, image, image.size[0] * image.size[1]))
         return probed
 
-    def _submit_decode(self, probed: _Probed, spec: PreprocessSpec) -> Future:
+    def _submit_decode(self, probed: _Probed, spec: PreprocessSpec) -> Future[Any]:
         limit = self.settings.max_image_pixels
 
         def work() -> np.ndarray:

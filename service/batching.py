@@ -38,7 +38,7 @@ class BatchModel(Protocol):
 class _Item:
     x: np.ndarray
     model: BatchModel
-    future: asyncio.Future = field(repr=False)
+    future: asyncio.Future[Row] = field(repr=False)
     arrived: float = field(default_factory=time.monotonic)
 
 
@@ -54,7 +54,7 @@ class MicroBatcher:
         self._incoming = 0
         self._wakeup = asyncio.Event()
         self._closing = False
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oltr-infer")
 
     def start(self) -> None:

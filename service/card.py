@@ -12,12 +12,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from oltr_contract.artifact import CARD_KEY, CARD_SCHEMA_VERSION, INPUT_LAYOUT
+from oltr_contract.scores import COMBINED, COMBINED_PARTS, ScoreName
 from service.errors import describe_errors
 
-CARD_KEY = "oltr.card"
 Interpolation = Literal["bilinear", "bicubic", "nearest"]
-ScoreName = Literal["reachability", "max_softmax", "energy", "combined"]
-COMBINED_PARTS = ("max_softmax", "reachability")
 SCORE_RANGES: dict[str, tuple[float, float]] = {
     "max_softmax": (0.0, 1.0),
     "reachability": (0.0, math.inf),
@@ -44,7 +43,7 @@ class PreprocessSpec(BaseModel):
     resize_shorter: int = Field(ge=1)
     crop: int = Field(ge=1)
     interpolation: Interpolation = "bilinear"
-    layout: str = "NHWC uint8 RGB"
+    layout: str = INPUT_LAYOUT
 
     @model_validator(mode="after")
     def _crop_fits(self) -> PreprocessSpec:
@@ -63,7 +62,7 @@ class UnknownScoreSpec(BaseModel):
 
     @model_validator(mode="after")
     def _combined_has_params(self) -> UnknownScoreSpec:
-        if self.name == "combined":
+        if self.name == COMBINED:
             params = self.params or {}
             bad = [p for p in COMBINED_PARTS if not params.get(p, 0) > 0]
             if bad:
@@ -75,6 +74,9 @@ class ModelCard(BaseModel):
     """The card fields the service relies on (see the ONNX artifact contract)."""
 
     model_config = ConfigDict(extra="allow")
+    schema_version: int = Field(CARD_SCHEMA_VERSION, ge=1, le=CARD_SCHEMA_VERSION)
+    """Card layout version (oltr_contract.artifact); a card without one is version 1, a newer
+    one than this service knows is refused."""
     version: str = Field(min_length=1)
     created: str | None = None
     class_names: list[str] = Field(min_length=1)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.card import ScoreName
+from oltr_contract.scores import ScoreName
 
 ENV_PREFIX = "OLTR_"
 KNOWN_PROVIDERS = {
@@ -160,7 +160,7 @@ def provider_list(value: str) -> list[str] | None:
     return resolved
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """Read settings from the environment; raise SettingsError naming the bad variable."""
     try:
         return Settings(**overrides)

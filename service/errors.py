@@ -132,24 +132,29 @@ def request_id_of(request: Request) -> str:
     return getattr(request.state, "request_id", "-")
 
 
-def error_body(code: str, message: str, request_id: str) -> dict:
+def error_body(code: str, message: str, request_id: str) -> dict[str, Any]:
     """The JSON error document every non-2xx answer uses."""
     return {"error": {"code": code, "message": message, "request_id": request_id}}
 
 
 def error_response(
-    request: Request, status: int, code: str, message: str, headers: dict | None = None
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     """The JSON error; under /v2 the Open Inference Protocol's ``{"error": message}``."""
     path = request.url.path
     if path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/"):
-        body: dict = {"error": message}
+        body: dict[str, Any] = {"error": message}
     else:
         body = error_body(code, message, request_id_of(request))
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)  # registered for ServiceError only
     if exc.reason is not None:
         metrics.REJECTED.labels(reason=exc.reason).inc()
     log.info("%s %s -> %d %s: %s", request.method, request.url.path, exc.status, exc.code, exc)
@@ -162,12 +167,14 @@ def describe_errors(errors: Sequence[Mapping[str, Any]], root: str = "<root>") -
     return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or root}: {e['msg']}" for e in errors)
 
 
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
     metrics.REJECTED.labels(reason="bad_request").inc()
     return error_response(request, 422, "validation_error", describe_errors(exc.errors()))
 
 
-async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     return error_response(request, exc.status_code, code, str(exc.detail), exc.headers)
 

@@ -108,7 +108,7 @@ def parse_infer_request(body: bytes, header_length: str | None, *, max_images: i
     )
 
 
-def _split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes | None]:
+def _split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes | None]:
     """(JSON header, binary tail or None without the binary-data extension)."""
     if header_length is None:
         return _json_object(body), None
@@ -121,7 +121,7 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes | N
     return _json_object(body[:n]), body[n:]
 
 
-def _json_object(raw: bytes) -> dict:
+def _json_object(raw: bytes) -> dict[str, Any]:
     try:
         value = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -131,7 +131,7 @@ def _json_object(raw: bytes) -> dict:
     return value
 
 
-def _dict(value: object, what: str) -> dict:
+def _dict(value: object, what: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -139,16 +139,16 @@ def _dict(value: object, what: str) -> dict:
     return value
 
 
-def _image_count(shape: object) -> int:
+def _image_count(shape: Any) -> int:
     ok = isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)
     if not ok or len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1) or shape[0] < 1:
         raise BadRequest(
             f"input {INPUT_NAME!r} has shape {shape!r}; expected [N] or [N, 1] with N >= 1 images"
         )
-    return shape[0]
+    return int(shape[0])
 
 
-def _json_images(tensor: dict) -> list[bytes]:
+def _json_images(tensor: dict[str, Any]) -> list[bytes]:
     data = tensor.get("data")
     if isinstance(data, list) and data and isinstance(data[0], list):  # nested [N, 1] form
         data = [x for row in data for x in (row if isinstance(row, list) else [row])]
@@ -157,7 +157,7 @@ def _json_images(tensor: dict) -> list[bytes]:
             f"input {INPUT_NAME!r}: 'data' must be a list of base64 strings (one encoded image "
             f"each), or send the images as binary data with {BINARY_HEADER}"
         )
-    images = []
+    images: list[bytes] = []
     for i, text in enumerate(data):
         try:
             images.append(base64.b64decode(text, validate=True))
@@ -166,7 +166,7 @@ def _json_images(tensor: dict) -> list[bytes]:
     return images
 
 
-def _binary_images(tensor: dict, binary: bytes) -> list[bytes]:
+def _binary_images(tensor: dict[str, Any], binary: bytes) -> list[bytes]:
     """Elements of a binary BYTES tensor: each a 4-byte little-endian length, then the bytes."""
     size = _dict(tensor.get("parameters"), "input parameters").get("binary_data_size")
     if type(size) is not int or size != len(binary):
@@ -174,7 +174,8 @@ def _binary_images(tensor: dict, binary: bytes) -> list[bytes]:
             f"input {INPUT_NAME!r}: parameters.binary_data_size is {size!r} but {len(binary)} "
             f"bytes follow the {BINARY_HEADER} header"
         )
-    images, at = [], 0
+    images: list[bytes] = []
+    at = 0
     while at < len(binary):
         if at + 4 > len(binary):
             raise BadRequest(f"input {INPUT_NAME!r}: truncated element length at byte {at}")

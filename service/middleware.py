@@ -19,6 +19,7 @@ import logging
 import re
 import time
 import uuid
+from typing import Any
 
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -107,7 +108,7 @@ class RequestContextMiddleware:
 def _request_id(scope: Scope) -> str:
     for name, value in scope.get("headers", []):
         if name == b"x-request-id":
-            text = value.decode("latin-1")
+            text: str = value.decode("latin-1")
             if _CLIENT_ID.match(text):
                 return text
     return uuid.uuid4().hex
@@ -129,18 +130,18 @@ def _endpoint(scope: Scope) -> str:
     return getattr(route, "path", None) or "unmatched"
 
 
-def _internal_body(request_id: str) -> dict:
+def _internal_body(request_id: str) -> dict[str, Any]:
     return error_body("internal_error", "internal server error; quote the request id", request_id)
 
 
-def _shutdown_body(request_id: str) -> dict:
+def _shutdown_body(request_id: str) -> dict[str, Any]:
     return error_body(
         "shutting_down", "the service shut down before this request finished; retry", request_id
     )
 
 
 async def _send_json(
-    send: Send, status: int, body: dict, *, retry_after_s: int | None = None
+    send: Send, status: int, body: dict[str, Any], *, retry_after_s: int | None = None
 ) -> None:
     payload = json.dumps(body).encode()
     headers = [

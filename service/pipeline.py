@@ -28,26 +28,27 @@ async def classify_uploads(
         rows = await state.batcher.submit(predictor, inputs, deadline.remaining())
     finally:
         metrics.IN_FLIGHT.dec(len(uploads))
-    value, source = state.threshold(threshold, predictor)
-    score_name = state.score_name(predictor)
+    policy = state.policy(threshold, predictor)
+    decision = policy.decide(rows)
     predictions = [
         to_prediction(
             row,
             predictor.class_names,
-            score_name=score_name,
-            score_params=state.score_params(predictor),
-            threshold=value,
+            score=float(score),
+            unknown=bool(unknown),
             k=top_k,
             filename=upload.filename,
         )
-        for row, upload in zip(rows, uploads, strict=True)
+        for row, score, unknown, upload in zip(
+            rows, decision.scores, decision.unknown, uploads, strict=True
+        )
     ]
     _record(predictions)
     return ClassifyResponse(
         model_version=predictor.version,
-        unknown_score=score_name,
-        threshold=value,
-        threshold_source=source,
+        unknown_score=policy.score,
+        threshold=policy.threshold,
+        threshold_source=policy.source,
         predictions=predictions,
     )
 

@@ -1,9 +1,10 @@
 """One onnxruntime session plus its model card: load, validate the contract, warm up, run.
 
-The ONNX artifact contract: input ``image`` uint8 [N, C, C, 3]; outputs ``logits``,
-``probabilities``, ``reachability``, ``distance``, ``nearest_class``, ``embedding``; the card
-JSON in metadata key ``oltr.card``. A file that breaks it raises :class:`ModelLoadError`
-naming the file and the problem, so a bad reload never replaces a good model.
+The ONNX artifact contract (:mod:`oltr_contract.artifact`): input ``image`` uint8
+[N, C, C, 3]; outputs ``logits``, ``probabilities``, ``reachability``, ``distance``,
+``nearest_class``, ``embedding``; the card JSON in metadata key ``oltr.card``. A file that
+breaks it raises :class:`ModelLoadError` naming the file and the problem, so a bad reload never
+replaces a good model.
 """
 
 from __future__ import annotations
@@ -16,15 +17,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.card import CARD_KEY, ModelCard, parse_card
+from oltr_contract.artifact import CARD_KEY, INPUT_NAME, OUTPUT_NAMES
+from service.card import ModelCard, parse_card
 from service.config import Settings, provider_list
 from service.errors import ModelLoadError
 from service.preprocessing import PreprocessSpec
 
 log = logging.getLogger("oltr.service")
 
-INPUT_NAME = "image"
-OUTPUT_NAMES = ("logits", "probabilities", "reachability", "distance", "nearest_class", "embedding")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 

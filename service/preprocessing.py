@@ -18,7 +18,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.errors import InvalidImage, TooManyPixels
 from service.integrity import check_png_crcs
@@ -52,7 +52,7 @@ def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
             img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as err:
         raise TooManyPixels(str(err)) from err
-    except Image.UnidentifiedImageError as err:
+    except UnidentifiedImageError as err:
         raise InvalidImage("not an image in a format Pillow can decode") from err
     except Exception as err:  # noqa: BLE001 -- Pillow signals bad input with many types
         raise InvalidImage(f"not a decodable image ({type(err).__name__}: {err})") from err

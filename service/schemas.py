@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import math
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, StrictFloat, field_validator
 
-from service.card import ScoreName
+from oltr_contract.scores import SCORE_NAMES, ScoreName, score_definition
 
 ThresholdSource = Literal["request", "admin", "settings", "card"]
+"""Where a threshold came from (precedence in :mod:`service.open_set`)."""
+
+
+class ServiceStatus(StrEnum):
+    """The service's lifecycle state (``ServiceState.status``; ``/readyz`` reports it)."""
+
+    LOADING = "loading"
+    WARMING_UP = "warming_up"
+    READY = "ready"
+    WARMUP_FAILED = "warmup_failed"
+    SHUTTING_DOWN = "shutting_down"
 
 
 class TopKEntry(BaseModel):
@@ -43,10 +55,9 @@ class Prediction(BaseModel):
     )
     score: float = Field(
         description="Value of the configured unknown score (see `unknown_score` in the "
-        "response); higher means more known. reachability: 0..inf, max_softmax: 0..1, "
-        "energy: logsumexp of the logits, any real; combined: min(max_softmax / p_msp, "
-        "reachability / p_reach), 0..inf, each part divided by its calibrated threshold "
-        "(the card's unknown_score.params)."
+        "response); higher means more known. "
+        + "; ".join(f"{name}: {score_definition(name)}" for name in SCORE_NAMES)
+        + " (params: the card's unknown_score.params)."
     )
     unknown: bool = Field(
         description="True when `score` < `threshold`: the image is likely of no known class "
@@ -86,7 +97,9 @@ class Health(BaseModel):
 
 class Readiness(BaseModel):
     ready: bool = Field(description="True once the model is loaded and warmed up.")
-    status: str = Field(description="ready, loading, warming_up or shutting_down.")
+    status: ServiceStatus = Field(
+        description="loading, warming_up, ready, warmup_failed (stays not ready) or shutting_down."
+    )
     model_version: str | None = Field(description="Version being served, if loaded.")
 
 
@@ -158,6 +171,6 @@ class ThresholdRequest(BaseModel):
 
 
 class ThresholdResponse(BaseModel):
-    unknown_score: str = Field(description="Score the threshold applies to.")
+    unknown_score: ScoreName = Field(description="Score the threshold applies to.")
     threshold: float = Field(description="Threshold now in use.")
     threshold_source: ThresholdSource = Field(description="Where it comes from.")

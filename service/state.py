@@ -23,7 +23,9 @@ from service.admission import Admission
 from service.batching import MicroBatcher
 from service.config import Settings
 from service.errors import ModelLoadError, ModelNotReady
+from service.open_set import OpenSetPolicy, check_policy, policy_for
 from service.predictor import Predictor
+from service.schemas import ServiceStatus
 
 log = logging.getLogger("oltr.service")
 T = TypeVar("T")
@@ -35,7 +37,7 @@ class ServiceState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.predictor: Predictor | None = None
-        self.status = "loading"
+        self.status: ServiceStatus = ServiceStatus.LOADING
         self.admin_threshold: float | None = None
         self.batcher = MicroBatcher(
             max_batch_size=settings.max_batch_size,
@@ -45,18 +47,18 @@ class ServiceState:
         self.admission = Admission(settings, self.batcher)  # decoding has its own threads
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="oltr-load")
         self._reload_lock = asyncio.Lock()
-        self._warmup: asyncio.Task | None = None
+        self._warmup: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         """Load and check the model (errors are fatal), then finish warming up in background."""
         s = self.settings
         predictor = await self.in_thread(Predictor.load, s.model_path, s)
-        self._check_score(predictor)
+        check_policy(s, predictor.card, predictor.path)
         await self.in_thread(predictor.warm_up, s.max_batch_size, 1)
         self._install(predictor)
         self.batcher.start()
-        self.status = "warming_up"
+        self.status = ServiceStatus.WARMING_UP
         self._warmup = asyncio.get_running_loop().create_task(self._finish_warmup(predictor))
 
     async def _finish_warmup(self, predictor: Predictor) -> None:
@@ -67,10 +69,10 @@ class ServiceState:
             )
         except ModelLoadError:
             log.exception("warm-up failed; the service stays not ready")
-            self.status = "warmup_failed"
+            self.status = ServiceStatus.WARMUP_FAILED
             return
         self._install(predictor)  # providers re-read: a run-time fallback shows now
-        self.status = "ready"
+        self.status = ServiceStatus.READY
         log.info(
             "ready: model %s warmed up (%d rounds) on %s",
             predictor.version,
@@ -80,7 +82,7 @@ class ServiceState:
 
     async def stop(self) -> None:
         """Stop taking requests, drain the batcher, release threads."""
-        self.status = "shutting_down"
+        self.status = ServiceStatus.SHUTTING_DOWN
         if self._warmup is not None and not self._warmup.done():
             self._warmup.cancel()
         pending = self.batcher.depth
@@ -91,7 +93,13 @@ class ServiceState:
 
     @property
     def ready(self) -> bool:
-        return self.status == "ready"
+        return self.status is ServiceStatus.READY
+
+    def require_loaded(self) -> Predictor:
+        """The loaded predictor, ready or not (ModelNotReady before the first load)."""
+        if self.predictor is None:
+            raise ModelNotReady("no model loaded yet")
+        return self.predictor
 
     def require_predictor(self) -> Predictor:
         """The serving predictor, or ModelNotReady (503) before warm-up / during shutdown."""
@@ -105,11 +113,11 @@ class ServiceState:
         async with self._reload_lock:
             s = self.settings
             candidate = await self.in_thread(Predictor.load, path, s)
-            self._check_score(candidate)
+            check_policy(s, candidate.card, candidate.path)
             await self.in_thread(candidate.warm_up, s.max_batch_size, s.warmup_runs)
             previous = self.predictor
+            self.admin_threshold = None  # it belonged to the previous model
             self._install(candidate)
-            self.admin_threshold = None
             log.info(
                 "reloaded: %s -> %s (%s)",
                 previous.version if previous else None,
@@ -128,56 +136,28 @@ class ServiceState:
             choice.fallback,
             predictor.class_names,
         )
-        metrics.UNKNOWN_THRESHOLD.set(self.threshold()[0])
-
-    def _check_score(self, predictor: Predictor) -> None:
-        s, card = self.settings, predictor.card
-        if s.unknown_score == "combined" and card.unknown_score.name != "combined":
-            raise ModelLoadError(
-                f"OLTR_UNKNOWN_SCORE=combined but the card of {predictor.path} has no combined "
-                f"score parameters (it calibrates {card.unknown_score.name!r})"
-            )
-        if s.unknown_score and s.unknown_score != card.unknown_score.name and s.threshold is None:
-            raise ModelLoadError(
-                f"OLTR_UNKNOWN_SCORE={s.unknown_score} but the card of {predictor.path} calibrates "
-                f"{card.unknown_score.name!r}; its threshold does not apply: set OLTR_THRESHOLD too"
-            )
+        metrics.UNKNOWN_THRESHOLD.set(self.policy(predictor=predictor).threshold)
 
     # -- open-set policy ---------------------------------------------------------------------
-    def score_name(self, predictor: Predictor | None = None) -> str:
-        """The unknown score of ``predictor`` (default: the serving one)."""
-        card = (predictor or self.predictor).card
-        return self.settings.unknown_score or card.unknown_score.name
-
-    def score_params(self, predictor: Predictor | None = None) -> dict[str, float] | None:
-        """The combined score's divisors from the card, when that is the score in use."""
-        predictor = predictor or self.predictor
-        return (
-            predictor.card.unknown_score.params
-            if self.score_name(predictor) == "combined"
-            else None
+    def policy(
+        self, request_threshold: float | None = None, predictor: Predictor | None = None
+    ) -> OpenSetPolicy:
+        """The open-set policy for ``predictor`` (default: the serving one), see
+        :mod:`service.open_set`. After a reload in between, a request's own model's card
+        applies, and the admin threshold (which belongs to the serving model and is reset by
+        reloads) does not."""
+        predictor = predictor or self.require_loaded()
+        admin = self.admin_threshold if predictor is self.predictor else None
+        return policy_for(
+            self.settings,
+            predictor.card,
+            admin_threshold=admin,
+            request_threshold=request_threshold,
         )
-
-    def threshold(
-        self, request_value: float | None = None, predictor: Predictor | None = None
-    ) -> tuple[float, str]:
-        """(threshold, source): this request > admin API > OLTR_THRESHOLD > model card.
-
-        ``predictor`` is the model a request ran on (default: the serving one): after a reload
-        in between, its own card applies, and the admin value (which belongs to the serving
-        model and is reset by reloads) does not."""
-        predictor = predictor or self.predictor
-        if request_value is not None:
-            return request_value, "request"
-        if self.admin_threshold is not None and predictor is self.predictor:
-            return self.admin_threshold, "admin"
-        if self.settings.threshold is not None:
-            return self.settings.threshold, "settings"
-        return predictor.card.threshold, "card"
 
     def set_admin_threshold(self, value: float | None) -> None:
         self.admin_threshold = value
-        metrics.UNKNOWN_THRESHOLD.set(self.threshold()[0])
+        metrics.UNKNOWN_THRESHOLD.set(self.policy().threshold)
 
     # -- threads -------------------------------------------------------------------------------
     async def in_thread(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
@@ -187,7 +167,8 @@ class ServiceState:
 
 
 def get_state(request: Request) -> ServiceState:
-    return request.app.state.service
+    state: ServiceState = request.app.state.service
+    return state
 
 
 StateDep = Annotated[ServiceState, Depends(get_state)]

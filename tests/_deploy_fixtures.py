@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from benchmarks.shared_data import shared_data_dir
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = shared_data_dir()
 DOCKER = REPO / "docker"
 PROMETHEUS_DIR = DOCKER / "prometheus"
 PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"

@@ -33,9 +33,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
+from benchmarks.shared_data import shared_data_dir
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "models" / "default" / "model.onnx"
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = shared_data_dir()
 IMAGENET_TAR = SHARED_DATA / "imagenet-sample-open.tar.gz"
 
 RGB_CLASSES = {"red": (0.9, 0.1, 0.1), "green": (0.1, 0.9, 0.1), "blue": (0.1, 0.1, 0.9)}
@@ -199,6 +201,20 @@ def serving_model(tmp_dir: Path) -> tuple[Path, bool]:
     if DEFAULT_MODEL.is_file():
         return DEFAULT_MODEL, True
     return write_model(tmp_dir / "standin" / "model.onnx", build_standin()), False
+
+
+def output_row(logits: list[float], reach: float = 2.0, dist: float = 5.0) -> dict:
+    """One image's model outputs, as the batcher hands them on: float32, softmax of ``logits``."""
+    x = np.array(logits, dtype=np.float32)
+    e = np.exp(x - x.max())
+    return {
+        "logits": x,
+        "probabilities": (e / e.sum()).astype(np.float32),
+        "reachability": np.float32(reach),
+        "distance": np.float32(dist),
+        "nearest_class": np.int64(0),
+        "embedding": np.zeros(4, dtype=np.float32),
+    }
 
 
 # -- real images ------------------------------------------------------------------------------

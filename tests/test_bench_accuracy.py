@@ -21,13 +21,14 @@ from benchmarks.accuracy.features import ViewMapDataset, backbone_bypassed, comp
 from benchmarks.accuracy.scoring import alternative_scores
 from benchmarks.accuracy.settings import MethodSpec, ProtocolSpec, load_bench_config
 from benchmarks.accuracy.tables import cell, headline_table
+from benchmarks.shared_data import shared_data_dir
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import ConfigError, ModelConfig, load_config
 from training.data import DataError
 from training.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+SHARED_DATA = shared_data_dir()
 needs_data = pytest.mark.skipif(
     not (SHARED_DATA / "cifar10" / "train.tar.gz").is_file(),
     reason=f"the accuracy benchmark needs the real images in {SHARED_DATA} (absent here)",

@@ -10,9 +10,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from oltr_contract.artifact import OUTPUT_NAMES
+from oltr_contract.scores import compute_score
 from training.config import load_config
 from training.data import eval_transform, load_image, load_split
-from training.scorers import combined
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "default"
 # The overrides `make default-model` passes to `python -m training.fit`.
@@ -70,15 +71,7 @@ def test_graph_contract(session, card):
     assert (image.name, image.type) == ("image", "tensor(uint8)")
     size = card["input_size"]
     assert image.shape[1:] == [size, size, 3]
-    names = [o.name for o in session.get_outputs()]
-    assert names == [
-        "logits",
-        "probabilities",
-        "reachability",
-        "distance",
-        "nearest_class",
-        "embedding",
-    ]
+    assert [o.name for o in session.get_outputs()] == list(OUTPUT_NAMES)
 
 
 def _scores(session, card, samples) -> tuple[np.ndarray, np.ndarray]:
@@ -90,10 +83,11 @@ def _scores(session, card, samples) -> tuple[np.ndarray, np.ndarray]:
             for path, _ in samples
         ]
     )
-    probabilities, reach = session.run(["probabilities", "reachability"], {"image": batch})
-    assert card["unknown_score"]["name"] == "combined"
-    parts = {"max_softmax": probabilities.max(1), "reachability": reach}
-    return probabilities.argmax(1), combined(parts, card["unknown_score"]["params"])
+    outputs = dict(
+        zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), {"image": batch}), strict=True)
+    )
+    score = card["unknown_score"]
+    return outputs["logits"].argmax(1), compute_score(score["name"], outputs, score["params"])
 
 
 def test_held_out_digits_are_recognised_and_open_digits_rejected_more_often(session, card):

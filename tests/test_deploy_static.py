@@ -314,6 +314,26 @@ def test_dockerfile_copies_existing_files_inside_the_build_context(image: str) -
         )
 
 
+def _first_party_imports(package: str) -> set[str]:
+    """Top-level packages of this repository that ``package``'s modules import."""
+    names = set()
+    for module in (REPO / package).rglob("*.py"):
+        for match in re.finditer(r"^(?:from|import) (\w+)", module.read_text(), re.MULTILINE):
+            if (REPO / match.group(1) / "__init__.py").is_file():
+                names.add(match.group(1))
+    return names
+
+
+@pytest.mark.parametrize(
+    ("image", "package"), [("gpu", "service"), ("cpu", "service"), ("train", "training")]
+)
+def test_image_copies_every_package_its_code_imports(image: str, package: str) -> None:
+    needed = _first_party_imports(package) | {package}
+    assert "oltr_contract" in needed  # the shared contract (names, scores, decision)
+    copied = {source.rstrip("/") for source in _copy_sources(DOCKERFILES[image])}
+    assert needed <= copied, f"Dockerfile.{image} lacks COPY of {sorted(needed - copied)}"
+
+
 def _exec_form(path: Path, instruction: str) -> list[str] | None:
     found = [args for instr, args in dockerfile_instructions(path) if instr == instruction]
     return json.loads(found[-1]) if found else None

@@ -7,7 +7,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from training.config import ModelConfig, load_config
-from training.engine import LossWeights, follow_class_means, train_one_epoch
+from training.engine import follow_class_means, train_one_epoch
+from training.losses import LossWeights, oltr_loss
 from training.models import OLTRNet, build_model
 
 # K=3, D=2. Batch: class 0 at (2,0) and (4,2) -> mean (3,1); class 2 at (0,8) -> mean (0,8);
@@ -91,3 +92,18 @@ def test_gradient_mode_moves_centroids_by_lambda_times_the_loss() -> None:
     before = _one_step(model, LossWeights(centroid_weight=0.01, margin=1.0), lr=0.5)
     assert model.centroids.grad is not None and model.centroids.grad.abs().sum() > 0
     assert not torch.equal(model.centroids.detach(), before)
+
+
+def test_the_epoch_loss_is_oltr_loss() -> None:
+    """train_one_epoch minimises training.losses.oltr_loss, logit shift and all: with lr 0 its
+    reported loss equals oltr_loss of the same train-mode batch."""
+    model = _oltr_model()
+    weights = LossWeights.for_stage([3, 1], tau=1.0, centroid_weight=0.5, margin=1.0)
+    loader = DataLoader(TensorDataset(IMAGES, BATCH_LABELS), batch_size=8)
+    optimizer = torch.optim.SGD(model.param_groups(lr=0.0, centroid_lr=0.0), lr=0.0)
+    result = train_one_epoch(model, loader, optimizer, torch.device("cpu"), weights=weights)
+    with torch.no_grad():
+        parts = oltr_loss(model.train()(IMAGES), BATCH_LABELS, model.centroids, weights)
+    assert result["loss"] == pytest.approx(parts.total.item(), rel=1e-6)
+    assert result["centroid_loss"] == pytest.approx(parts.centroid.item(), rel=1e-6)
+    assert parts.total.item() > parts.ce.item() > 0

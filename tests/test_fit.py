@@ -14,11 +14,13 @@ import numpy as np
 import pytest
 import torch
 
+from oltr_contract.scores import SCORE_NAMES
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import load_config
 from training.fit import _warn_frozen_centroid_loss, fit, main
 
 ROOT = Path(__file__).resolve().parents[1]
+CKPT2 = Path("checkpoints") / "stage2.pt"
 
 # 16 px digits, few epochs: seconds, not minutes, while exercising every part of the pipeline.
 TINY = [
@@ -72,9 +74,35 @@ def test_fit_reports_both_models_side_by_side(tiny_run):
     assert set(metrics["oltr"]["shot_groups"]["num_classes"]) == {"many", "medium", "few"}
     assert metrics["plain"]["open_set"]["decision"]["score"] == "max_softmax"
     assert metrics["oltr"]["open_set"]["decision"]["score"] == "combined"
-    auroc = metrics["oltr"]["open_set"]["scores"]["reachability"]["open_sets"]["open"]["auroc"]
-    assert 0.0 <= auroc <= 1.0
+    assert list(metrics["plain"]["open_set"]["scores"]) == ["max_softmax", "energy"]
+    assert list(metrics["oltr"]["open_set"]["scores"]) == list(SCORE_NAMES)
     assert metrics["oltr"]["closed_set"]["overall"] > 1 / 6  # better than chance on 6 digits
+    report = (tiny_run.run_dir / "report.md").read_text()
+    for model in ("plain", "oltr"):
+        auroc = metrics[model]["open_set"]["scores"]["max_softmax"]["open_sets"]["open"]["auroc"]
+        assert f"{100 * auroc:.1f}" in report
+
+
+@pytest.mark.slow
+def test_reported_auroc_is_that_of_the_trained_model(tiny_run):
+    """Recomputed here from the trained model's reachability on the known test and open test
+    digits with scikit-learn directly (known = positive, higher = more known)."""
+    from sklearn.metrics import roc_auc_score
+
+    from training.data import load_split
+    from training.engine import predict
+    from training.run_data import RunData
+
+    model, cfg = model_from_checkpoint(load_checkpoint(tiny_run.run_dir / CKPT2))
+    data = RunData.from_split(load_split(cfg.data), cfg)
+    cpu = torch.device("cpu")
+    known = predict(model, data.loader("test"), cpu)["reachability"]
+    opens = predict(model, data.loader("open_test"), cpu)["reachability"]
+    expected = roc_auc_score(np.r_[np.ones(known.size), np.zeros(opens.size)], np.r_[known, opens])
+    metrics = json.loads((tiny_run.run_dir / "metrics.json").read_text())
+    reported = metrics["oltr"]["open_set"]["scores"]["reachability"]["open_sets"]["open"]
+    assert reported["auroc"] == pytest.approx(expected, abs=1e-12)
+    assert reported["num_images"] == opens.size
 
 
 @pytest.mark.slow
@@ -86,31 +114,44 @@ def test_training_loss_falls(tiny_run):
 
 
 @pytest.mark.slow
-def test_checkpoint_reload_reproduces_logits_exactly(tiny_run):
-    state = load_checkpoint(tiny_run.run_dir / "checkpoints" / "stage2.pt")
+def test_checkpoint_reload_reproduces_the_trained_model_exactly(tiny_run):
+    """The stage-2 checkpoint, loaded fresh, is the model fit trained (and evaluated)."""
+    state = load_checkpoint(tiny_run.run_dir / CKPT2)
     model, cfg = model_from_checkpoint(state)
-    again, _ = model_from_checkpoint(
-        load_checkpoint(tiny_run.run_dir / "checkpoints" / "stage2.pt")
-    )
+    trained = tiny_run.model.eval()
     x = torch.rand(5, 3, cfg.data.input_size, cfg.data.input_size)
     with torch.no_grad():
-        first, second = model(x), again(x)
-    assert torch.equal(first.logits, second.logits)
-    assert torch.equal(first.reach, second.reach)
+        reloaded, original = model(x), trained(x)
+    assert torch.equal(reloaded.logits, original.logits)
+    assert torch.equal(reloaded.reach, original.reach)
+    assert torch.equal(model.centroids, trained.centroids)
     assert state["stage"] == "oltr" and state["epoch"] == cfg.stage2.epochs - 1
 
 
 @pytest.mark.slow
 def test_resume_continues_from_the_last_checkpoint(tmp_path, cache_dir):
+    """A run stopped after two stage-1 epochs and resumed for three trains only the third:
+    the first two history rows come from the checkpoint (marked here; a retrained run would
+    have computed its own)."""
     run_dir = tmp_path / "run"
     overrides = [*TINY, f"data.cache_dir={cache_dir}", "stage1.epochs=2", "stage2.epochs=1"]
-    first = fit(load_config(overrides=overrides), run_dir, export=False)
-    # Pretend the run was stopped after stage 1 and asked for one more stage-2 epoch.
-    (run_dir / "checkpoints" / "stage2.pt").unlink()
-    (run_dir / "metrics.json").unlink()
-    resumed = fit(load_config(run_dir / "config.yaml"), run_dir, resume=True, export=False)
+    fit(load_config(overrides=overrides), run_dir, export=False)
+    for name in ("checkpoints/stage2.pt", "metrics.json", "eval_plain.json"):
+        (run_dir / name).unlink()  # as if stopped at the end of stage-1 epoch 1
+    ckpt1 = run_dir / "checkpoints" / "stage1.pt"
+    state = load_checkpoint(ckpt1)
+    assert state["epoch"] == 1  # 0-based in the checkpoint, 1-based in the history rows
+    state["history"] = [{**row, "loss": 1000.0 + row["epoch"]} for row in state["history"]]
+    marks = [row["loss"] for row in state["history"]]
+    torch.save(state, ckpt1)
+    cfg = load_config(run_dir / "config.yaml")
+    cfg.stage1.epochs = 3
+    resumed = fit(cfg, run_dir, resume=True, export=False)
     stage1 = [r for r in resumed.metrics["history"] if r["stage"] == 1]
-    assert stage1 == [r for r in first.metrics["history"] if r["stage"] == 1]
+    assert [r["epoch"] for r in stage1] == [1, 2, 3]
+    assert [r["loss"] for r in stage1[:2]] == marks  # carried over, not retrained
+    assert stage1[2]["loss"] < 100  # the one epoch trained now
+    assert load_checkpoint(ckpt1)["epoch"] == 2
     assert (run_dir / "metrics.json").is_file()
 
 

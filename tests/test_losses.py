@@ -1,4 +1,5 @@
-"""Centroid loss and the total OLTR loss: hand-computed values and gradients."""
+"""The centroid loss and the training loss train_one_epoch uses: hand-computed values and
+gradients (logit shift, detached EMA centroids, lambda)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.losses import OLTRLoss, centroid_loss
+from training.losses import LossWeights, centroid_loss, oltr_loss
 from training.models import OLTROutput
 
 # K=3, D=2: c0=(0,0), c1=(3,0), c2=(0,4).
@@ -71,36 +72,67 @@ def _output(logits: torch.Tensor, direct: torch.Tensor) -> OLTROutput:
     return OLTROutput(logits=logits, direct=direct)
 
 
+LOGITS = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 3.0]])
+# CE a: -log(e^2 / (e^2 + 2)); b: -log(e^3 / (1 + e + e^3))
+CE_A = -math.log(math.exp(2) / (math.exp(2) + 2))
+CE_B = -math.log(math.exp(3) / (1 + math.e + math.exp(3)))
+CENTROID = 4.75 + SQRT18 / 2  # attract + repel at margin 1 (test_centroid_loss_hand_values)
+
+
 def test_total_loss_is_ce_plus_weighted_centroid_loss() -> None:
-    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 3.0]])
-    parts = OLTRLoss(centroid_weight=0.1, margin=1.0)(_output(logits, FEATURES), LABELS, CENTROIDS)
-    # CE a: -log(e^2 / (e^2 + 2)); b: -log(e^3 / (1 + e + e^3))
-    ce_a = -math.log(math.exp(2) / (math.exp(2) + 2))
-    ce_b = -math.log(math.exp(3) / (1 + math.e + math.exp(3)))
-    centroid = 4.75 + SQRT18 / 2
-    assert parts.ce.item() == pytest.approx((ce_a + ce_b) / 2)
-    assert parts.centroid.item() == pytest.approx(centroid)
-    assert parts.total.item() == pytest.approx((ce_a + ce_b) / 2 + 0.1 * centroid)
-    assert parts.attract.item() == pytest.approx(4.75)
-    assert parts.repel.item() == pytest.approx(SQRT18 / 2)
+    weights = LossWeights(centroid_weight=0.1, margin=1.0)
+    parts = oltr_loss(_output(LOGITS, FEATURES), LABELS, CENTROIDS, weights)
+    assert parts.ce.item() == pytest.approx((CE_A + CE_B) / 2)
+    assert parts.centroid.item() == pytest.approx(CENTROID)
+    assert parts.total.item() == pytest.approx((CE_A + CE_B) / 2 + 0.1 * CENTROID)
 
 
-def test_plain_stage_loss_is_cross_entropy() -> None:
-    logits = torch.randn(4, 3)
-    labels = torch.tensor([0, 1, 2, 1])
-    parts = OLTRLoss()(_output(logits, torch.randn(4, 2)), labels, None)
-    torch.testing.assert_close(parts.total, F.cross_entropy(logits, labels))
+def test_logit_shift_enters_the_cross_entropy() -> None:
+    # counts (2, 1, 1), tau 1: shift = log(0.5, 0.25, 0.25). Sample a (label 0):
+    # p0 = 0.5 e^2 / (0.5 e^2 + 0.25 + 0.25) = e^2 / (e^2 + 1), CE = log(1 + e^-2).
+    # Sample b (label 2): p2 = 0.25 e^3 / (0.5 + 0.25 e + 0.25 e^3), CE = log((2 + e + e^3) / e^3)
+    weights = LossWeights.for_stage([2, 1, 1], tau=1.0)
+    parts = oltr_loss(_output(LOGITS, FEATURES), LABELS, None, weights)
+    ce_a = math.log(1 + math.exp(-2))
+    ce_b = math.log((2 + math.e + math.exp(3)) / math.exp(3))
+    assert parts.total.item() == pytest.approx((ce_a + ce_b) / 2)
+    unshifted = oltr_loss(_output(LOGITS, FEATURES), LABELS, None, LossWeights())
+    assert unshifted.total.item() == pytest.approx((CE_A + CE_B) / 2)
+
+
+@pytest.mark.parametrize(
+    "weights",
+    [LossWeights(centroid_weight=0.0), LossWeights(centroid_weight=0.1, margin=1.0)],
+    ids=["lambda0", "plain-model"],
+)
+def test_without_centroid_term_the_loss_is_cross_entropy(weights: LossWeights) -> None:
+    centroids = None if weights.centroid_weight else CENTROIDS  # plain model: no centroids
+    parts = oltr_loss(_output(LOGITS, FEATURES), LABELS, centroids, weights)
+    torch.testing.assert_close(parts.total, F.cross_entropy(LOGITS, LABELS))
     assert parts.centroid.item() == 0.0
+
+
+def test_ema_centroids_get_no_gradient_but_the_features_do() -> None:
+    centroids = CENTROIDS.clone().requires_grad_(True)
+    features = FEATURES.clone().requires_grad_(True)
+    weights = LossWeights(centroid_weight=0.1, margin=1.0, centroid_ema_rate=0.5)
+    parts = oltr_loss(_output(LOGITS, features), LABELS, centroids, weights)
+    parts.total.backward()
+    assert centroids.grad is None
+    # 0.1 * d/dv_b of the centroid loss (test_centroid_loss_gradients_by_hand); CE has no v
+    u = 1.0 / (2 * SQRT18)
+    expected_vb = 0.1 * torch.tensor([1.5 + 3 * u, -1.5 - 3 * u - 0.5])
+    torch.testing.assert_close(features.grad[1], expected_vb)
 
 
 def test_lambda_scales_the_centroid_gradient() -> None:
     """Autograd, no custom backward: the centroid gradient is exactly lambda times the
     centroid-loss gradient (the authors' code ignored the weight there)."""
-    logits = torch.randn(2, 3)
     grads = {}
     for weight in (0.01, 0.1):
         centroids = CENTROIDS.clone().requires_grad_(True)
-        OLTRLoss(weight, 1.0)(_output(logits, FEATURES), LABELS, centroids).total.backward()
+        weights = LossWeights(centroid_weight=weight, margin=1.0)
+        oltr_loss(_output(LOGITS, FEATURES), LABELS, centroids, weights).total.backward()
         grads[weight] = centroids.grad
     torch.testing.assert_close(grads[0.1], 10 * grads[0.01])
     unweighted = CENTROIDS.clone().requires_grad_(True)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, roc_curve
 
+from oltr_contract.scores import energy, max_softmax
 from training.metrics import (
     ScoreCollector,
     ScoredSet,
@@ -23,7 +24,6 @@ from training.metrics import (
     shot_groups,
 )
 from training.report import markdown_comparison, markdown_table, pct
-from training.scorers import energy, max_softmax
 
 # --------------------------------------------------------------------------- shot groups
 
@@ -194,14 +194,16 @@ def test_score_collector_accumulates_batches() -> None:
     logits = rng.normal(size=(7, 4))
     labels = np.array([0, 1, 2, 3, 0, 1, -1])
     reach = rng.uniform(0.1, 5, size=7)
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    outputs = {"logits": logits, "probabilities": probs, "reachability": reach}
     collector = ScoreCollector()
-    collector.update(logits[:3], labels[:3], reach[:3])
-    collector.update(logits[3:], labels[3:], reach[3:])
+    collector.update({k: v[:3] for k, v in outputs.items()}, labels[:3])
+    collector.update({k: v[3:] for k, v in outputs.items()}, labels[3:])
     out = collector.compute()
     np.testing.assert_array_equal(out.preds, logits.argmax(1))
     np.testing.assert_array_equal(out.labels, labels)
     np.testing.assert_allclose(out.scores["reachability"], reach)
-    np.testing.assert_allclose(out.scores["max_softmax"], max_softmax(logits))
+    np.testing.assert_allclose(out.scores["max_softmax"], max_softmax(probs))
     np.testing.assert_allclose(out.scores["energy"], energy(logits))
     collector.reset()
     with pytest.raises(ValueError, match="before any update"):
@@ -209,12 +211,13 @@ def test_score_collector_accumulates_batches() -> None:
 
 
 def test_score_collector_refuses_mixed_reach() -> None:
+    plain_outputs = {"logits": np.zeros((2, 3)), "probabilities": np.full((2, 3), 1 / 3)}
     collector = ScoreCollector()
-    collector.update(np.zeros((2, 3)), [0, 1], reach=np.ones(2))
-    with pytest.raises(ValueError, match="reach must be given for every batch"):
-        collector.update(np.zeros((2, 3)), [0, 1])
+    collector.update({**plain_outputs, "reachability": np.ones(2)}, [0, 1])
+    with pytest.raises(ValueError, match="every batch needs the same model outputs"):
+        collector.update(plain_outputs, [0, 1])
     plain = ScoreCollector()
-    plain.update(np.zeros((2, 3)), [0, 1])
+    plain.update(plain_outputs, [0, 1])
     assert set(plain.compute().scores) == {"max_softmax", "energy"}
 
 
@@ -293,7 +296,9 @@ def test_evaluation_report_errors_name_the_problem() -> None:
         _report(unknown_score="reachability")
     bad_open = ScoredSet(preds=[0], labels=[-1], scores={"max_softmax": [0.3]})
     with pytest.raises(ValueError, match=r"open set 'bad' lacks score\(s\) \['energy'\]"):
-        evaluation_report(TEST_SET, {"bad": bad_open}, VAL_KNOWN, train_counts=[150, 10])
+        evaluation_report(
+            TEST_SET, {"bad": bad_open}, VAL_KNOWN, train_counts=[150, 10], unknown_score=None
+        )
     report = _report(unknown_score=None)
     assert report["open_set"]["decision"] is None
 
@@ -308,10 +313,17 @@ def test_report_from_real_logits_includes_reachability() -> None:
     ):
         collector = ScoreCollector()
         lab = labels if labels is not None else np.full(n, -1 if name == "open" else 0)
-        collector.update(rng.normal(size=(n, 3)) * 3, lab, reach=rng.uniform(0.5, 2.0, n))
+        logits = rng.normal(size=(n, 3)) * 3
+        probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        outputs = {"logits": logits, "probabilities": probs, "reachability": rng.uniform(0.5, 2, n)}
+        collector.update(outputs, lab)
         sets[name] = collector.compute()
     report = evaluation_report(
-        sets["test"], {"open": sets["open"]}, sets["val"].scores, train_counts=[300, 40, 5]
+        sets["test"],
+        {"open": sets["open"]},
+        sets["val"].scores,
+        train_counts=[300, 40, 5],
+        unknown_score="reachability",
     )
     assert list(report["open_set"]["scores"]) == ["reachability", "max_softmax", "energy"]
     assert report["open_set"]["decision"]["score"] == "reachability"
@@ -354,6 +366,7 @@ def test_markdown_comparison_marks_missing_scores() -> None:
         },
         {**VAL_KNOWN, "reachability": [4.0, 3.0, 2.0, 1.0]},
         train_counts=[150, 10],
+        unknown_score="reachability",
     )
     text = markdown_comparison({"plain (stage 1)": plain, "OLTR (stage 2)": oltr})
     lines = text.splitlines()

@@ -13,6 +13,7 @@ from efficientnet_lite_pytorch.utils import MemoryEfficientSwish, Swish
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from benchmarks.shared_data import shared_data_dir
 from training.config import BackboneName, ModelConfig
 from training.models import OLTRNet, build_model, list_backbones
 from training.models.attention import ModulatedAttention
@@ -20,7 +21,7 @@ from training.models.backbone import lite_weights_path
 from training.models.classifiers import CosineClassifier, squash_code, squash_paper
 from training.models.meta_embedding import MetaEmbedding
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = shared_data_dir()
 RESNETS = ["resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 
 

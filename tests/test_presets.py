@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from benchmarks.shared_data import shared_data_dir
 from training.config import DataConfig
 from training.data import load_image
 from training.data.mnist import read_mnist5k
@@ -19,7 +19,7 @@ from training.data.transforms import (
     train_transform,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_DATA = shared_data_dir()
 PHOTOS_TAR = SHARED_DATA / "imagenet-sample-open.tar.gz"
 RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
 

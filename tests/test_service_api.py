@@ -11,6 +11,7 @@ import httpx
 import numpy as np
 import pytest
 from _service_fixtures import (
+    IMAGENET_TAR,
     card_of,
     encode,
     imagenet_photos,
@@ -128,7 +129,7 @@ def test_photos_come_back_unknown(served):
         pytest.skip("models/default/model.onnx is absent (stand-in serving)")
     photos = list(imagenet_photos(40))
     if not photos:
-        pytest.skip("../shared/data/imagenet-sample-open.tar.gz is absent")
+        pytest.skip(f"{IMAGENET_TAR} is absent")
     photo_flags = _unknown_flags(client, photos)
     digits = [(f"{y}.png", d) for d, y in mnist_digits(range(6), per_digit=8)]
     digit_rate = sum(_unknown_flags(client, digits)) / len(digits)

@@ -152,3 +152,15 @@ def test_startup_refuses_a_bad_model_or_policy(standin, tmp_path, env, message):
     assert service.proc.wait(timeout=60) != 0
     service.stop()
     assert "start-up failed" in service.logs() and message in service.logs()
+
+
+def test_readiness_states_are_one_enum_in_code_and_schema():
+    from service.app import create_app
+    from service.schemas import ServiceStatus
+
+    spec = create_app().openapi()["components"]["schemas"]
+    assert spec["ServiceStatus"]["enum"] == [s.value for s in ServiceStatus]
+    assert spec["Readiness"]["properties"]["status"]["$ref"].endswith("/ServiceStatus")
+    assert {"loading", "warming_up", "ready", "warmup_failed", "shutting_down"} == set(
+        ServiceStatus
+    )

@@ -9,6 +9,7 @@ import zlib
 import numpy as np
 import pytest
 from _service_fixtures import (
+    IMAGENET_TAR,
     PNG_SIGNATURE,
     encode,
     grey_ihdr,
@@ -71,12 +72,11 @@ def test_resize_and_crop_equals_torchvision(interpolation, size):
 
 
 def _training_eval():
-    """training's eval transform and image loader (owned by the data helper), if present."""
-    try:
-        from training.config import DataConfig
-        from training.data import eval_transform, load_image
-    except ImportError as err:  # pragma: no cover - only before training/data lands
-        pytest.skip(f"training eval transform not importable yet: {err}")
+    """training's eval transform and image loader (imported late: the rest of this file is
+    about the service and must not need torch)."""
+    from training.config import DataConfig
+    from training.data import eval_transform, load_image
+
     return DataConfig, eval_transform, load_image
 
 
@@ -88,7 +88,7 @@ def _training_eval():
 def test_matches_training_eval_transform_on_real_photos(tmp_path, resize, crop, interpolation):
     photos = imagenet_photos(6)
     if not photos:
-        pytest.skip("../shared/data/imagenet-sample-open.tar.gz is absent")
+        pytest.skip(f"{IMAGENET_TAR} is absent")
     data_config, eval_transform, load_image = _training_eval()
     cfg = data_config(input_size=crop, resize_size=resize, interpolation=interpolation)
     transform = eval_transform(cfg)

@@ -7,14 +7,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from oltr_contract.artifact import CARD_SCHEMA_VERSION, INPUT_LAYOUT
+from oltr_contract.scores import COMBINED, score_definition
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from training.config import FitConfig
 from training.data import eval_preprocess_params
 from training.export import export_onnx
 from training.models import OLTRNet
-from training.scorers import COMBINED, score_definition
-
-INPUT_LAYOUT = "NHWC uint8 RGB"
 
 
 def build_card(cfg: FitConfig, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -23,6 +22,7 @@ def build_card(cfg: FitConfig, metrics: dict[str, Any]) -> dict[str, Any]:
     decision = oltr["open_set"]["decision"]
     score = decision["score"]
     return {
+        "schema_version": CARD_SCHEMA_VERSION,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "class_names": metrics["class_names"],
         "input_size": cfg.data.input_size,

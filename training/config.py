@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from oltr_contract.scores import ScoreName
+
 BackboneName = Literal[
     "resnet10",
     "resnet18",
@@ -170,7 +172,7 @@ class EvalConfig(_Strict):
     """Classes with more than this many training images are many-shot."""
     few_shot: int = 20
     """Classes with fewer than this many training images are few-shot."""
-    unknown_score: Literal["reachability", "max_softmax", "energy", "combined"] = "combined"
+    unknown_score: ScoreName = "combined"
     """The score the product thresholds, chosen by measurement (docs/BENCHMARKS.md). On the
     default model reachability finds photos (AUROC 0.99) but not unseen digits (0.24), max
     softmax the reverse (0.89 / 0.88 but only 31% of photos rejected at the threshold); combined,

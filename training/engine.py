@@ -4,57 +4,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from training import distributed as dist_utils
-from training.config import FitConfig
-from training.losses import centroid_loss
+from training.losses import LossWeights, oltr_loss
 from training.models import OLTRNet
-
-
-@dataclass
-class LossWeights:
-    """How a stage's loss is put together: CE(logits + log_prior_shift) + weight * centroid."""
-
-    centroid_weight: float = 0.0
-    margin: float = 0.0
-    logit_shift: torch.Tensor | None = None
-    """tau * log(class prior), added to the logits inside the training loss only."""
-    centroid_ema_rate: float = 0.0
-    """> 0: centroids follow the batch class means at this rate (no gradient); 0: by gradient."""
-
-    @classmethod
-    def for_stage(
-        cls, train_counts: list[int], tau: float, centroid_weight: float = 0.0, margin: float = 0.0
-    ) -> LossWeights:
-        """Loss weights with the logit adjustment of ``tau`` for these training counts."""
-        shift = None
-        if tau > 0:
-            prior = torch.tensor(train_counts, dtype=torch.float32)
-            shift = tau * torch.log(prior / prior.sum())
-        return cls(centroid_weight, margin, shift)
-
-    @property
-    def centroids_by_gradient(self) -> bool:
-        """Whether the centroid memory learns through the loss (else it is not a trained weight)."""
-        return self.centroid_weight > 0 and self.centroid_ema_rate == 0
-
-    @classmethod
-    def for_oltr(cls, train_counts: list[int], cfg: FitConfig) -> LossWeights:
-        """Stage 2 of OLTR: ``cfg.loss``'s centroid loss and update, ``cfg.stage2``'s tau."""
-        weights = cls.for_stage(
-            train_counts, cfg.stage2.logit_adjust_tau, cfg.loss.centroid_weight, cfg.loss.margin
-        )
-        if cfg.loss.centroid_update == "ema":
-            weights.centroid_ema_rate = cfg.loss.centroid_ema_rate
-        return weights
 
 
 def unwrap(model: nn.Module) -> OLTRNet:
@@ -84,24 +43,16 @@ def train_one_epoch(
     totals = {"loss": 0.0, "centroid_loss": 0.0, "correct": 0.0, "seen": 0.0}
     for images, labels in _progress(loader, desc):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        centroids = unwrap(model).centroids
         with autocast(device):
             out = model(images)
-            logits = out.logits.float()
-            if weights.logit_shift is not None:
-                logits = logits + weights.logit_shift.to(device)
-            loss = F.cross_entropy(logits, labels)
-            c_loss = torch.zeros((), device=device)
-            centroids = unwrap(model).centroids
-            if weights.centroid_weight > 0 and centroids is not None:
-                target = centroids.detach() if weights.centroid_ema_rate > 0 else centroids
-                c_loss = centroid_loss(out.direct.float(), labels, target, weights.margin).total
-                loss = loss + weights.centroid_weight * c_loss
-        _step(optimizer, loss, scaler)
+            loss = oltr_loss(out, labels, centroids, weights)
+        _step(optimizer, loss.total, scaler)
         if weights.centroid_ema_rate > 0 and centroids is not None:
             follow_class_means(centroids, out.direct.detach(), labels, weights.centroid_ema_rate)
         n = labels.numel()
-        totals["loss"] += loss.item() * n
-        totals["centroid_loss"] += c_loss.item() * n
+        totals["loss"] += loss.total.item() * n
+        totals["centroid_loss"] += loss.centroid.item() * n
         totals["correct"] += (out.logits.argmax(1) == labels).sum().item()
         totals["seen"] += n
     sums = dist_utils.all_reduce_sum(torch.tensor(list(totals.values()), dtype=torch.float64))
@@ -141,16 +92,13 @@ def _step(
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader, device: torch.device, desc: str = "predict"):
-    """Run ``model`` over ``loader`` in eval mode; returns numpy arrays of every output."""
+    """Run ``model`` over ``loader`` in eval mode; returns numpy arrays of every output under
+    the ONNX artifact's names (see :meth:`OLTROutput.artifact_outputs`) plus ``labels``."""
     net = unwrap(model).eval()
     chunks: dict[str, list[np.ndarray]] = {}
     for images, labels in _progress(loader, desc):
-        out = net(images.to(device))
-        fields = {"logits": out.logits, "direct": out.direct, "labels": labels}
-        if out.reach is not None:
-            fields |= {"reach": out.reach, "min_dist": out.min_dist, "nearest": out.nearest}
+        fields = net(images.to(device)).artifact_outputs() | {"labels": labels}
         for key, value in fields.items():
-            value = value.float() if value.is_floating_point() else value  # AMP halves
             chunks.setdefault(key, []).append(value.cpu().numpy())
     return {key: np.concatenate(parts) for key, parts in chunks.items()}
 

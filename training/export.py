@@ -1,9 +1,9 @@
 """ONNX export of a stage-"oltr" model: the graph, its model card, atomic writes, parity.
 
-The artifact (shared contract): input ``image`` uint8 [N,C,C,3] (NHWC RGB, N dynamic); outputs
-``logits``, ``probabilities``, ``reachability``, ``distance``, ``nearest_class`` (int64) and
-``embedding``. Scaling (/255) and normalisation are inside the graph; centroids and all weights
-are initializers. The model card is JSON under metadata key ``oltr.card`` and in ``card.json``.
+The artifact's names (input, outputs, card key) are the shared contract in
+:mod:`oltr_contract.artifact`. Scaling (/255) and normalisation are inside the graph; centroids
+and all weights are initializers. The model card is JSON under metadata key ``oltr.card`` and in
+``card.json``.
 
 Exporter: torch.export-based (``dynamo=True``). With torch 2.14 it gives a graph with no shape
 arithmetic (about half the nodes of the legacy TorchScript exporter, which is deprecated).
@@ -24,12 +24,10 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from oltr_contract.artifact import CARD_KEY, INPUT_NAME, OUTPUT_NAMES
 from training.atomic import write_bytes_atomic
 from training.models import OLTRNet
 
-INPUT_NAME = "image"
-OUTPUT_NAMES = ("logits", "probabilities", "reachability", "distance", "nearest_class", "embedding")
-CARD_KEY = "oltr.card"
 MODEL_FILE = "model.onnx"
 CARD_FILE = "card.json"
 VERSION_CHARS = 12
@@ -52,17 +50,8 @@ class ExportGraph(nn.Module):
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
         # * (1/255), not / 255: bit-identical to the training transform (ToUnitTensor)
         x = image.permute(0, 3, 1, 2).to(self.dtype) * (1.0 / 255.0)
-        out = self.model(x)
-        logits = out.logits.float()
-        probabilities = torch.softmax(logits, dim=1)
-        return (
-            logits,
-            probabilities,
-            out.reach.float(),
-            out.min_dist.float(),
-            out.nearest,
-            out.direct.float(),
-        )
+        outputs = self.model(x).artifact_outputs()
+        return tuple(outputs[name] for name in OUTPUT_NAMES)
 
 
 def export_onnx(

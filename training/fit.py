@@ -25,9 +25,12 @@ from training.atomic import write_text_atomic
 from training.checkpoint import CheckpointError, load_checkpoint
 from training.config import ConfigError, FitConfig, load_config, preset_names, save_config
 from training.data import DataError, load_split
-from training.engine import LossWeights, predict, reset_centroids, unwrap
-from training.evaluate import EvalData, evaluate_model, write_reports
+from training.engine import predict, reset_centroids, unwrap
+from training.evaluate import evaluate_model
+from training.losses import LossWeights
 from training.models import OLTRNet, build_model
+from training.run_data import RunData
+from training.run_report import write_reports
 from training.stages import StageRun, run_stage
 
 log = logging.getLogger("training.fit")
@@ -55,6 +58,8 @@ class FitResult:
     run_dir: Path
     metrics: dict[str, Any]
     model_dir: Path | None
+    model: OLTRNet
+    """The trained stage-2 model (in memory, as fit evaluated and exported it)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,7 +110,7 @@ def fit(
     _setup_logging(run_dir)
     torch.manual_seed(cfg.seed + dist_utils.rank())
     split = load_split(cfg.data)
-    data = EvalData.from_split(split, cfg)
+    data = RunData.from_split(split, cfg)
     log.info(
         "data: %d classes, %d training images, device %s, %d rank(s)",
         len(split.class_names),
@@ -130,7 +135,7 @@ def fit(
         log.info("fit took %.1f s", metrics["fit_seconds"])
     model_dir = _export(cfg, run_dir, unwrap(model), data, metrics) if export else None
     dist_utils.barrier()
-    return FitResult(run_dir, metrics, model_dir)
+    return FitResult(run_dir, metrics, model_dir, unwrap(model))
 
 
 def pick_device(name: str) -> torch.device:
@@ -228,7 +233,7 @@ def _wrap(model: nn.Module, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
-def _val_accuracy(model: OLTRNet, data: EvalData, device: torch.device):
+def _val_accuracy(model: OLTRNet, data: RunData, device: torch.device):
     def on_epoch_end(epoch: int) -> dict[str, float]:
         if not data.has("val") or not dist_utils.is_main():
             return {}

@@ -3,8 +3,9 @@
 Conventions, stated once:
 
 - Labels are class indices ``0..K-1``; ``-1`` marks an open-set (unknown) image.
-- ``preds`` are argmax classes; ``accepted`` is ``score >= threshold`` (scores: higher = more
-  known, see :mod:`training.scorers`). A rejected image is predicted "unknown".
+- ``preds`` are argmax classes; ``accepted`` is the contract's decision
+  (:func:`oltr_contract.scores.is_known`: ``score >= threshold``, higher = more known). A
+  rejected image is predicted "unknown".
 - Shot groups by training images per class (paper Sec. 4 text): many ``> many`` (100),
   few ``< few`` (20), medium otherwise, i.e. ``few <= n <= many`` (20..100 inclusive; the
   official code later used ``>= 100`` / ``<= 20``; only the numbers are configurable).
@@ -22,11 +23,12 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from training.scorers import (
+from oltr_contract.scores import (
     COMBINED_PARTS,
-    REPORTED_SCORES,
     SCORE_NAMES,
+    available_scores,
     compute_score,
+    is_known,
     score_definition,
 )
 
@@ -200,7 +202,7 @@ def fit_combined(val_known: Mapping[str, Any], target_accept: float = 0.95) -> d
 
 def accept_rate(scores: Any, threshold: float) -> float:
     """Share of ``scores`` that are accepted (``score >= threshold``)."""
-    return float(np.mean(_scores("scores", scores) >= threshold))
+    return float(np.mean(is_known(_scores("scores", scores), threshold)))
 
 
 def fpr_at_tpr(known_scores: Any, open_scores: Any, tpr: float = 0.95) -> float:
@@ -234,8 +236,9 @@ class ScoredSet:
 class ScoreCollector:
     """Accumulates argmax predictions and every available score over batches.
 
-    ``update(logits, labels, reach=None)`` takes numpy arrays (or CPU tensors without grad);
-    max_softmax and energy come from the logits, reachability from ``reach`` when given.
+    ``update(outputs, labels)`` takes one batch of model outputs under the ONNX artifact's
+    names (numpy arrays, or CPU tensors without grad) and computes every score whose outputs
+    are present with :func:`oltr_contract.scores.compute_score`, the service's own function.
     """
 
     def __init__(self) -> None:
@@ -247,21 +250,18 @@ class ScoreCollector:
         self._labels: list[np.ndarray] = []
         self._scores: dict[str, list[np.ndarray]] = {}
 
-    def update(self, logits: Any, labels: Any, reach: Any | None = None) -> None:
-        """Add one batch: ``logits`` [B,K], ``labels`` [B], optional ``reach`` [B]."""
-        logits = np.asarray(logits, dtype=np.float64)
-        names = [n for n in SCORE_NAMES if n != "reachability" or reach is not None]
+    def update(self, outputs: Mapping[str, Any], labels: Any) -> None:
+        """Add one batch: model ``outputs`` by artifact name ([B, ...] each), ``labels`` [B]."""
+        names = available_scores(outputs)
         if self._preds and set(names) != set(self._scores):
             raise ValueError(
                 f"batch scores {sorted(names)} differ from earlier batches' {sorted(self._scores)}"
-                " (reach must be given for every batch or for none)"
+                " (every batch needs the same model outputs)"
             )
-        self._preds.append(np.argmax(logits, axis=1))
+        self._preds.append(np.argmax(np.asarray(outputs["logits"]), axis=1))
         self._labels.append(_ints("labels", labels))
         for name in names:
-            self._scores.setdefault(name, []).append(
-                compute_score(name, logits=logits, reach=reach)
-            )
+            self._scores.setdefault(name, []).append(compute_score(name, outputs))
 
     def compute(self) -> ScoredSet:
         """Everything accumulated since the last reset, as one :class:`ScoredSet`."""
@@ -289,14 +289,14 @@ def _score_block(
     """Ranking metrics per open set and decisions at the threshold calibrated on val."""
     threshold = calibrate_threshold(val_known, target_accept)
     known_scores = test.scores[name]
-    known_accepted = known_scores >= threshold
+    known_accepted = is_known(known_scores, threshold)
     rejected_as_wrong = np.where(known_accepted, test.preds, OPEN_LABEL)
     per_open: dict[str, Any] = {}
     for open_name, open_set in open_sets.items():
         open_scores = open_set.scores[name]
         preds = np.r_[test.preds, open_set.preds]
         labels = np.r_[test.labels, np.full(open_set.labels.size, OPEN_LABEL)]
-        accepted = np.r_[known_accepted, open_scores >= threshold]
+        accepted = np.r_[known_accepted, is_known(open_scores, threshold)]
         per_open[open_name] = {
             "num_images": int(open_scores.size),
             "auroc": auroc(known_scores, open_scores),
@@ -332,7 +332,7 @@ def evaluation_report(
     train_counts: Sequence[int],
     many: int = 100,
     few: int = 20,
-    unknown_score: str | None = "reachability",
+    unknown_score: str | None,
     target_accept: float = 0.95,
     val_open: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
@@ -351,7 +351,7 @@ def evaluation_report(
     is evaluated: AUROC and FPR@95TPR per open set, and F-measure, open-set accuracy,
     macro-F1, accept/reject rates at the threshold that accepts ``target_accept`` of val_known.
     """
-    names = [n for n in REPORTED_SCORES if n in test.scores]
+    names = [n for n in SCORE_NAMES if n in test.scores]
     for open_name, open_set in open_sets.items():
         _require_scores(f"open set {open_name!r}", open_set.scores, names)
     _require_scores("val_known", val_known, names)

@@ -1,4 +1,5 @@
-"""Evaluation and training plots; each function writes one PNG and returns its path.
+"""Evaluation and training plots: ``*_figure`` builds a figure, the function of the same name
+without the suffix writes it as one PNG and returns its path.
 
 Figures are built with :class:`matplotlib.figure.Figure` and the Agg canvas directly (no
 pyplot), so nothing touches a GUI backend or pyplot's global figure list: each figure is
@@ -14,6 +15,8 @@ from typing import Any
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+
+from oltr_contract.scores import is_known
 
 GROUP_COLOURS = {"many": "#1f77b4", "medium": "#ff7f0e", "few": "#d62728"}
 GROUP_LABELS = {"many": "many-shot", "medium": "medium-shot", "few": "few-shot"}
@@ -44,6 +47,18 @@ def class_counts(
     many: int = 100,
     few: int = 20,
 ) -> Path:
+    """Write :func:`class_counts_figure` to ``path``."""
+    return _save(class_counts_figure(train_counts, class_names, groups, many=many, few=few), path)
+
+
+def class_counts_figure(
+    train_counts: Sequence[int],
+    class_names: Sequence[str],
+    groups: Sequence[str],
+    *,
+    many: int = 100,
+    few: int = 20,
+) -> Figure:
     """Training images per class, sorted descending, coloured by shot group."""
     order = np.argsort(-np.asarray(train_counts), kind="stable")
     counts = np.asarray(train_counts)[order]
@@ -66,7 +81,7 @@ def class_counts(
     ax.set_ylabel("training images")
     ax.set_title(f"Training set: {len(counts)} classes, {int(counts.sum())} images")
     ax.legend()
-    return _save(fig, path)
+    return fig
 
 
 def per_class_accuracy_vs_count(
@@ -77,6 +92,17 @@ def per_class_accuracy_vs_count(
     many: int = 100,
     few: int = 20,
 ) -> Path:
+    """Write :func:`per_class_accuracy_figure` to ``path``."""
+    return _save(per_class_accuracy_figure(train_counts, accuracies, many=many, few=few), path)
+
+
+def per_class_accuracy_figure(
+    train_counts: Sequence[int],
+    accuracies: Mapping[str, Sequence[float | None]],
+    *,
+    many: int = 100,
+    few: int = 20,
+) -> Figure:
     """Per-class test accuracy against training images (log x), one series per model."""
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
@@ -93,7 +119,7 @@ def per_class_accuracy_vs_count(
     ax.set_title("Per-class accuracy vs. training images")
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return fig
 
 
 def score_histograms(
@@ -103,7 +129,18 @@ def score_histograms(
     threshold: float | None,
     path: str | Path,
 ) -> Path:
-    """Overlapping score histograms (known vs. each open set) with the decision threshold."""
+    """Write :func:`score_histograms_figure` to ``path``."""
+    return _save(score_histograms_figure(known_scores, open_scores, score_name, threshold), path)
+
+
+def score_histograms_figure(
+    known_scores: Sequence[float],
+    open_scores: Mapping[str, Sequence[float]],
+    score_name: str,
+    threshold: float | None,
+) -> Figure:
+    """Overlapping score histograms (known vs. each open set) with the decision threshold;
+    the legend gives the share of known images accepted and of each open set rejected."""
     series = {"known (test)": np.asarray(known_scores, dtype=float)}
     series.update({name: np.asarray(s, dtype=float) for name, s in open_scores.items()})
     bins = np.histogram_bin_edges(np.concatenate(list(series.values())), bins=40)
@@ -112,7 +149,8 @@ def score_histograms(
     for i, (name, values) in enumerate(series.items()):
         label = name
         if threshold is not None:
-            rate = np.mean(values >= threshold) if i == 0 else np.mean(values < threshold)
+            accepted = np.mean(is_known(values, threshold))
+            rate = accepted if i == 0 else 1.0 - accepted
             label += f" ({100 * rate:.1f}% {'accepted' if i == 0 else 'rejected'})"
         ax.hist(values, bins=bins, density=True, alpha=0.5, label=label)
     if threshold is not None:
@@ -121,7 +159,7 @@ def score_histograms(
     ax.set_ylabel("density")
     ax.set_title(f"{score_name}: known vs. open images")
     ax.legend()
-    return _save(fig, path)
+    return fig
 
 
 def _stage_x(history: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], float | None]:
@@ -148,6 +186,11 @@ def _plot_metric(
 
 
 def training_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Write :func:`training_curves_figure` to ``path``."""
+    return _save(training_curves_figure(history), path)
+
+
+def training_curves_figure(history: Sequence[Mapping[str, Any]]) -> Figure:
     """Loss and train/val accuracy per epoch for both stages (stage 2 continues the x axis).
 
     ``history``: dicts with ``stage`` (1|2), ``epoch``, ``loss``, ``train_acc``, ``val_acc``
@@ -172,4 +215,4 @@ def training_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> P
         ax.legend()
     ax_loss.set_title("Training loss (stage 1: plain, stage 2: OLTR)")
     ax_acc.set_title("Top-1 accuracy")
-    return _save(fig, path)
+    return fig

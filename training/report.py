@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from oltr_contract.scores import SCORE_NAMES
 from training.metrics import GROUPS
-from training.scorers import REPORTED_SCORES
 
 NA = "n/a"
 _GROUP_TITLES = {"many": "many-shot", "medium": "medium-shot", "few": "few-shot"}
@@ -113,7 +113,7 @@ def markdown_comparison(reports: Mapping[str, Mapping[str, Any]]) -> str:
     rows.append(["top-1 overall (%)", *(pct(r["closed_set"]["overall"]) for r in models)])
     for open_name in _open_set_names(reports):
         for metric, key in (("F-measure", "f_measure"), ("AUROC", "auroc")):
-            for score in REPORTED_SCORES:
+            for score in SCORE_NAMES:
                 cells = [_open_metric(r, score, open_name, key) for r in models]
                 if any(c != NA for c in cells):
                     rows.append([f"{metric} {score}, {open_name} (%)", *cells])

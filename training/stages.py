@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from training import distributed as dist_utils
 from training.checkpoint import save_checkpoint
 from training.config import FitConfig, StageConfig
-from training.engine import LossWeights, train_one_epoch, unwrap
+from training.engine import train_one_epoch, unwrap
+from training.losses import LossWeights
 from training.samplers import ClassAwareSampler
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from oltr_contract.scores import SCORE_NAMES
 from training.metrics import GROUPS
-from training.scorers import REPORTED_SCORES
 
 OPEN_METRICS = ("auroc", "fpr_at_95tpr", "f_measure", "macro_f1", "open_reject")
 
@@ -86,4 +86,4 @@ def aggregate(results: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]
 def score_names(methods: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """The scores that occur in any method, in the project's order."""
     present = {k.split("/")[0] for m in methods.values() for k in m["metrics"]}
-    return [s for s in REPORTED_SCORES if s in present]
+    return [s for s in SCORE_NAMES if s in present]

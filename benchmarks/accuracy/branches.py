@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from training.checkpoint import load_checkpoint
 from training.config import FitConfig, StageConfig
-from training.engine import LossWeights, reset_centroids
+from training.engine import reset_centroids
+from training.losses import LossWeights
 from training.models import OLTRNet
 from training.stages import StageRun, run_stage
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.accuracy.settings import ClosedSizes, DataSizes
+from benchmarks.shared_data import shared_data_dir
 from training.data import (
     DataError,
     SplitSpec,
@@ -32,8 +33,8 @@ from training.data import (
     write_split,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-"""``../shared/data`` next to the repository."""
+SHARED_DATA = shared_data_dir()
+"""``$OLTR_SHARED_DATA``, by default ``../shared/data`` next to the repository."""
 DEFAULT_CACHE = Path("~/.cache/oltr/bench-accuracy")
 KNOWN = ("airplane", "automobile", "bird", "cat", "deer", "dog")
 NEAR_OPEN = ("frog", "horse", "ship", "truck")
@@ -52,8 +53,8 @@ def require_shared_data(data_dir: Path = SHARED_DATA) -> Path:
     missing = [str(p) for p in needed if not p.is_file()]
     if missing:
         raise DataError(
-            "the accuracy benchmark needs the real images in ../shared/data "
-            f"(see its README); missing: {', '.join(missing)}"
+            f"the accuracy benchmark needs the real images in {data_dir} (set "
+            f"OLTR_SHARED_DATA to move it; see its README); missing: {', '.join(missing)}"
         )
     return data_dir
 

@@ -24,26 +24,22 @@ from torch.utils.data import DataLoader
 
 from benchmarks.accuracy.branches import init_centroids
 from benchmarks.accuracy.scoring import alternative_scores, centroid_stats, scored
+from oltr_contract.scores import COMBINED, COMBINED_PARTS, combined, is_known
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from training.data import DataError, ImageDataset, eval_transform, list_images, load_split
 from training.engine import predict
-from training.evaluate import EvalData
 from training.metrics import auroc
-from training.scorers import COMBINED, COMBINED_PARTS, combined, energy, max_softmax
+from training.run_data import RunData
 
 
-def _outputs(model, data: EvalData, names: list[str]) -> dict[str, dict[str, np.ndarray]]:
+def _outputs(model, data: RunData, names: list[str]) -> dict[str, dict[str, np.ndarray]]:
     device = torch.device("cpu")
     return {n: predict(model, data.loader(n), device, n) for n in names}
 
 
 def _aurocs(known: dict[str, np.ndarray], unknown: dict[str, np.ndarray]) -> dict[str, float]:
-    scores = {
-        "reachability": (known["reach"], unknown["reach"]),
-        "max_softmax": (max_softmax(known["logits"]), max_softmax(unknown["logits"])),
-        "energy": (energy(known["logits"]), energy(unknown["logits"])),
-    }
-    return {name: auroc(k, u) for name, (k, u) in scores.items()}
+    k, u = scored(known).scores, scored(unknown).scores
+    return {name: auroc(k[name], u[name]) for name in k}
 
 
 def _all_scores(out: dict[str, np.ndarray], thresholds: dict[str, float]) -> dict[str, np.ndarray]:
@@ -74,7 +70,9 @@ def _far_rejection(
         **{
             name: {
                 "auroc": auroc(known_scores[name], far_scores[name]),
-                "rejected_at_threshold": float((far_scores[name] < thresholds[name]).mean()),
+                "rejected_at_threshold": float(
+                    (~is_known(far_scores[name], thresholds[name])).mean()
+                ),
             }
             for name in thresholds
         },
@@ -84,13 +82,13 @@ def _far_rejection(
 def diagnose(run_dir: Path, far: Path | None = None) -> dict[str, Any]:
     """The diagnostics of ``run_dir``'s stage-2 model on its own test and open-test images."""
     model, cfg = model_from_checkpoint(load_checkpoint(run_dir / "checkpoints" / "stage2.pt"))
-    data = EvalData.from_split(load_split(cfg.data), cfg)
+    data = RunData.from_split(load_split(cfg.data), cfg)
     outs = _outputs(model, data, ["train_eval", "test", "open_test"])
     far_result = None if far is None else _far_rejection(run_dir, model, cfg, outs["test"], far)
     known, unknown = outs["test"], outs["open_test"]
     centroids = model.centroids.detach().numpy().copy()
-    alt_k = alternative_scores(known["direct"], centroids)
-    alt_u = alternative_scores(unknown["direct"], centroids)
+    alt_k = alternative_scores(known["embedding"], centroids)
+    alt_u = alternative_scores(unknown["embedding"], centroids)
     result: dict[str, Any] = {
         "run": str(run_dir),
         "auroc": _aurocs(known, unknown),
@@ -101,8 +99,8 @@ def diagnose(run_dir: Path, far: Path | None = None) -> dict[str, Any]:
             "open": float(alt_u["feature_norm"].mean()),
         },
         "min_dist_mean": {
-            "known": float(known["min_dist"].mean()),
-            "open": float(unknown["min_dist"].mean()),
+            "known": float(known["distance"].mean()),
+            "open": float(unknown["distance"].mean()),
         },
         "centroids": centroid_stats(centroids, outs["train_eval"]),
     }

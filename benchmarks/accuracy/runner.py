@@ -50,9 +50,9 @@ from benchmarks.accuracy.settings import BenchConfig, MethodSpec, ProtocolSpec
 from training.atomic import atomic_file
 from training.config import FitConfig, load_config, save_config
 from training.data import ImageDataset, eval_transform, load_split
-from training.engine import LossWeights
-from training.evaluate import EvalData
+from training.losses import LossWeights
 from training.models import OLTRNet, build_model
+from training.run_data import RunData
 
 log = logging.getLogger("benchmarks.accuracy")
 RESULT_FILE = "result.json"
@@ -133,7 +133,7 @@ class Benchmark:
     def seed_data(self, cfg: FitConfig, dataset: str) -> SeedData:
         """Training images and every evaluated set, with cfg's transforms."""
         split = load_split(cfg.data)
-        data = EvalData.from_split(split, cfg)
+        data = RunData.from_split(split, cfg)
         sets = {"train_eval": data.eval_sets["train_eval"]}
         if dataset == "cifar10_lt_open":
             sets |= {n: data.eval_sets[n] for n in ("val", "test", "open_val")}

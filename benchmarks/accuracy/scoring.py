@@ -15,13 +15,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.special import softmax
 from torch.utils.data import DataLoader, Dataset
 
 from training.config import FitConfig
 from training.engine import predict
-from training.evaluate import add_combined
-from training.metrics import ScoreCollector, ScoredSet, auroc, evaluation_report
+from training.metrics import ScoredSet, auroc, evaluation_report
 from training.models import OLTRNet
+from training.scoring import add_combined, decision_score, scored_outputs
 
 KNOWN_SETS = ("test", "val", "train_eval")
 NOT_OPEN = (*KNOWN_SETS, "open_val")
@@ -34,7 +35,8 @@ def run_sets(
     batch_size: int,
     num_workers: int = 0,
 ) -> dict[str, dict[str, np.ndarray]]:
-    """``predict`` over every set: logits, direct (and reach, min_dist for OLTR), labels."""
+    """``predict`` over every set: the artifact's outputs (reachability, distance ... for OLTR
+    models only) and labels."""
     loaders = {
         name: DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
         for name, ds in sets.items()
@@ -43,13 +45,12 @@ def run_sets(
 
 
 def scored(out: Mapping[str, np.ndarray], logit_shift: np.ndarray | None = None) -> ScoredSet:
-    """Predictions and every score of one set; ``logit_shift`` is subtracted from the logits."""
-    logits = out["logits"].astype(np.float64)
+    """Predictions and every score of one set; ``logit_shift`` is subtracted from the logits
+    (and the probabilities are those of the shifted logits)."""
     if logit_shift is not None:
-        logits = logits - logit_shift
-    collector = ScoreCollector()
-    collector.update(logits, out["labels"].astype(np.int64), out.get("reach"))
-    return collector.compute()
+        logits = out["logits"].astype(np.float64) - logit_shift
+        out = {**out, "logits": logits, "probabilities": softmax(logits, axis=1)}
+    return scored_outputs(out)
 
 
 def report(
@@ -63,7 +64,6 @@ def report(
     calib = sets["val"] if "val" in sets else sets["train_eval"]
     params = add_combined(sets, calib, cfg.eval.target_known_accept)
     opens = {name: s for name, s in sets.items() if name not in NOT_OPEN}
-    wanted = cfg.eval.unknown_score
     result = evaluation_report(
         sets["test"],
         opens,
@@ -71,7 +71,7 @@ def report(
         train_counts=train_counts,
         many=cfg.eval.many_shot,
         few=cfg.eval.few_shot,
-        unknown_score=wanted if wanted in sets["test"].scores else "max_softmax",
+        unknown_score=decision_score(cfg.eval.unknown_score, sets["test"].scores, "this model"),
         target_accept=cfg.eval.target_known_accept,
         val_open=sets["open_val"].scores if "open_val" in sets else None,
     )
@@ -108,11 +108,11 @@ def diagnostics(
 ) -> dict[str, Any]:
     """Feature norms, nearest-centroid distances and alternative-score AUROCs per open set."""
     per_set: dict[str, Any] = {}
-    alt = {name: alternative_scores(out["direct"], centroids) for name, out in outs.items()}
+    alt = {name: alternative_scores(out["embedding"], centroids) for name, out in outs.items()}
     for name, out in outs.items():
         row = {"feature_norm_mean": float(alt[name]["feature_norm"].mean())}
-        if "min_dist" in out:
-            row["min_dist_mean"] = float(np.mean(out["min_dist"]))
+        if "distance" in out:
+            row["min_dist_mean"] = float(np.mean(out["distance"]))
         per_set[name] = row
     known = alt["test"]
     opens = [n for n in outs if n not in NOT_OPEN]
@@ -136,7 +136,7 @@ def centroid_stats(
     np.fill_diagonal(dist, np.inf)
     stats = {"norm_mean": float(_norms(c).mean()), "nearest_other_mean": float(dist.min(1).mean())}
     if train is not None:
-        v, y = train["direct"].astype(np.float64), train["labels"].astype(np.int64)
+        v, y = train["embedding"].astype(np.float64), train["labels"].astype(np.int64)
         means = np.stack([v[y == k].mean(axis=0) for k in range(len(c))])
         stats["drift"] = float((_norms(c - means) / np.maximum(_norms(means), 1e-12)).mean())
     return stats

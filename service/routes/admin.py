@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
@@ -30,7 +31,7 @@ def require_admin(request: Request, state: StateDep) -> None:
         raise Forbidden("admin token rejected")
 
 
-_AUTH_ERRORS = {
+_AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "No bearer token"},
     403: {"model": ErrorResponse, "description": "Wrong token"},
 }
@@ -64,11 +65,11 @@ async def reload_model(body: ReloadRequest, state: StateDep) -> ReloadResponse:
 async def put_threshold(body: ThresholdRequest, state: StateDep) -> ThresholdResponse:
     state.require_predictor()
     if body.threshold is not None:
-        problem = threshold_problem(state.score_name(), body.threshold)
+        problem = threshold_problem(state.policy().score, body.threshold)
         if problem:
             raise InvalidThreshold(problem)
     state.set_admin_threshold(body.threshold)
-    value, source = state.threshold()
+    policy = state.policy()
     return ThresholdResponse(
-        unknown_score=state.score_name(), threshold=value, threshold_source=source
+        unknown_score=policy.score, threshold=policy.threshold, threshold_source=policy.source
     )

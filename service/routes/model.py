@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.card import ModelCard
-from service.errors import ModelNotReady
-from service.postprocess import SCORE_DEFINITIONS
 from service.schemas import ErrorResponse, ModelInfo, ProviderInfo, UnknownScoreInfo
 from service.state import StateDep
 
@@ -20,11 +17,9 @@ router = APIRouter(prefix="/v1", tags=["model"])
     summary="The served model: classes, input size, score, threshold, execution provider",
 )
 async def model_info(state: StateDep) -> ModelInfo:
-    predictor = state.predictor
-    if predictor is None:
-        raise ModelNotReady("no model loaded yet")
+    predictor = state.require_loaded()
     card = predictor.card
-    threshold, source = state.threshold()
+    policy = state.policy()
     choice = predictor.providers
     return ModelInfo(
         name=state.settings.model_name,
@@ -35,12 +30,12 @@ async def model_info(state: StateDep) -> ModelInfo:
         input_size=card.input_size,
         preprocess=card.preprocess.model_dump(),
         unknown_score=UnknownScoreInfo(
-            name=state.score_name(),
-            definition=_definition(state.score_name(), card),
-            threshold=threshold,
-            threshold_source=source,
+            name=policy.score,
+            definition=policy.definition,
+            threshold=policy.threshold,
+            threshold_source=policy.source,
             card_threshold=card.threshold,
-            params=state.score_params(),
+            params=policy.params,
         ),
         provider=choice.primary,
         providers=ProviderInfo(
@@ -52,9 +47,3 @@ async def model_info(state: StateDep) -> ModelInfo:
         max_batch_size=state.settings.max_batch_size,
         card=card.model_dump(mode="json"),
     )
-
-
-def _definition(name: str, card: ModelCard) -> str:
-    if name == card.unknown_score.name and card.unknown_score.definition:
-        return card.unknown_score.definition
-    return SCORE_DEFINITIONS[name]

@@ -5,6 +5,8 @@ goes through the same pipeline as /classify; this module only translates the wir
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -56,12 +58,14 @@ class ModelMetadata(BaseModel):
     outputs: list[TensorMetadata]
 
 
-_NOT_READY = {503: {"model": ReadyState, "description": "Not ready (warming up, shutting down)"}}
-_MODEL_ERRORS = {
+_NOT_READY: dict[int | str, dict[str, Any]] = {
+    503: {"model": ReadyState, "description": "Not ready (warming up, shutting down)"}
+}
+_MODEL_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": OIPError, "description": "No model of that name or version"},
     503: {"model": OIPError, "description": "No model loaded yet"},
 }
-_INFER_ERRORS = {
+_INFER_ERRORS: dict[int | str, dict[str, Any]] = {
     **_MODEL_ERRORS,
     400: {"model": OIPError, "description": "Bad tensor name, shape, datatype, data or image"},
     413: {"model": OIPError, "description": "Body, pixels or images over the limits"},
@@ -124,7 +128,9 @@ async def server_metadata() -> ServerMetadata:
 @router.get(
     VERSION + "/ready", response_model=ReadyState, responses={**_MODEL_ERRORS, **_NOT_READY}
 )
-async def model_ready(state: StateDep, model_name: str, model_version: str | None = None):
+async def model_ready(
+    state: StateDep, model_name: str, model_version: str | None = None
+) -> JSONResponse:
     """Model readiness: 200 once warmed up, 503 before (404: no such model or version)."""
     _check_model(state, model_name, model_version)
     return _ready(state.ready)

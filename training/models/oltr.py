@@ -32,6 +32,20 @@ class OLTROutput(NamedTuple):
     min_dist: Tensor | None = None  # d_min [B]
     nearest: Tensor | None = None  # nearest centroid's class [B] int64
 
+    def artifact_outputs(self) -> dict[str, Tensor]:
+        """The outputs under the ONNX artifact's names (:mod:`oltr_contract.artifact`), float32:
+        what the export graph returns and what evaluation scores. A plain model has only
+        logits, probabilities and embedding."""
+        logits = self.logits.float()
+        outputs = {"logits": logits, "probabilities": torch.softmax(logits, dim=1)}
+        if self.reach is not None and self.min_dist is not None and self.nearest is not None:
+            outputs |= {
+                "reachability": self.reach.float(),
+                "distance": self.min_dist.float(),
+                "nearest_class": self.nearest,
+            }
+        return outputs | {"embedding": self.direct.float()}
+
 
 class OLTRNet(nn.Module):
     """OLTR on [0,1] float images [B,3,S,S]; normalisation is a module inside (ONNX carries it)."""

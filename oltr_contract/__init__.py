@@ -1,0 +1,11 @@
+"""The contract between training and the service, defined once (numpy and the stdlib only).
+
+- :mod:`oltr_contract.artifact`: the ONNX artifact's input and output names, the model card's
+  metadata key and schema version.
+- :mod:`oltr_contract.scores`: the open-set score names, their definitions, their numpy
+  functions, and the unknown decision (``score >= threshold`` is known).
+
+Training's evaluation and calibration and the service's ``/classify`` call these functions, so
+what a model was calibrated on is what it is served with. The service installs without torch:
+nothing here imports it.
+"""
