@@ -9,7 +9,8 @@ batch on axis 0) and returns one float64 per image. Training's evaluation feeds 
 model's outputs under the same names, the service feeds it onnxruntime's. Adding a score is one
 :class:`Score` in :data:`SCORES` and its name in :data:`ScoreName`.
 
-- ``reachability``: the model's ``reach = s_r / d_min`` (method notes section 3), passed through.
+- ``reachability``: the model's ``reach = s_r / d_min`` (method notes section 3), passed through;
+  d_min is an L2 distance, or a cosine distance for models built with ``reach_metric=cosine``.
 - ``max_softmax``: the largest softmax probability (the official OLTR decision, threshold 0.1).
 - ``energy``: ``T * logsumexp(logits / T)``, the negative free energy (Liu et al., NeurIPS 2020).
 - ``combined``: ``min(max_softmax / t_msp, reachability / t_reach)``, each part divided by the
@@ -93,8 +94,8 @@ SCORES: Final[dict[str, Score]] = {
             "reachability",
             ("reachability",),
             reachability,
-            "reach = s_r / d_min, d_min = L2 distance of the direct feature to the nearest "
-            "class centroid; higher is more known",
+            "reach = s_r / d_min, d_min = distance of the direct feature to the nearest class "
+            "centroid (L2, or 1 - cosine with model.reach_metric=cosine); higher is more known",
         ),
         Score(
             "max_softmax",

@@ -12,9 +12,10 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
+from benchmarks.shared_data import shared_data_dir
 from training.fit import main
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_DATA = shared_data_dir()
 CIFAR_TEST = SHARED_DATA / "cifar10" / "test.tar.gz"
 IMAGENET = SHARED_DATA / "imagenet-sample-open.tar.gz"
 CLASSES = {"airplane": 12, "automobile": 6, "bird": 3}  # a long tail of real photos
