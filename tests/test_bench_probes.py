@@ -28,9 +28,12 @@ def test_cosine_reach() -> None:
 def test_ncm_hand_values() -> None:
     out = Probe("ncm").fit(TRAIN, LABELS).outputs(QUERY)
     np.testing.assert_allclose(out["logits"], [[16 * 0.6, 16 * 0.8]])  # cos to (1,0), (0,1)
-    np.testing.assert_allclose(out["reach"], [50.0])  # 10 / (1 - 0.8)
-    np.testing.assert_allclose(out["min_dist"], [0.2])
-    np.testing.assert_allclose(out["direct"], [[0.6, 0.8]])
+    np.testing.assert_allclose(out["reachability"], [50.0])  # 10 / (1 - 0.8)
+    np.testing.assert_allclose(out["distance"], [0.2])
+    np.testing.assert_allclose(out["embedding"], [[0.6, 0.8]])
+    assert out["nearest_class"].tolist() == [1]
+    # softmax of (9.6, 12.8): 1 / (1 + e^-3.2) = 0.96083
+    np.testing.assert_allclose(out["probabilities"], [[1 - 0.96083, 0.96083]], atol=1e-5)
 
 
 @pytest.mark.parametrize(("k", "pred", "reach"), [(1, 1, 50.0), (3, 0, 30.0)])
@@ -40,7 +43,7 @@ def test_knn_hand_values(k: int, pred: int, reach: float) -> None:
     2/3, reach 10 / (1/3) = 30."""
     out = Probe("knn", k=k).fit(TRAIN, LABELS).outputs(QUERY)
     assert int(out["logits"].argmax()) == pred
-    np.testing.assert_allclose(out["reach"], [reach])
+    np.testing.assert_allclose(out["reachability"], [reach])
 
 
 def test_logreg_separates_and_shares_the_ncm_reach() -> None:
@@ -51,14 +54,14 @@ def test_logreg_separates_and_shares_the_ncm_reach() -> None:
     out = probe.outputs(np.array([[4.0, 0.5], [0.5, 4.0]]))
     assert out["logits"].shape == (2, 2) and out["logits"].argmax(1).tolist() == [0, 1]
     ncm = Probe("ncm").fit(feats, labels).outputs(np.array([[4.0, 0.5], [0.5, 4.0]]))
-    np.testing.assert_allclose(out["reach"], ncm["reach"])
+    np.testing.assert_allclose(out["reachability"], ncm["reachability"])
 
 
 def test_probe_outputs_per_set_and_errors() -> None:
     probe = Probe("ncm").fit(TRAIN, LABELS)
     outs = probe_outputs(probe, {"test": QUERY, "open": -QUERY}, {"test": [1], "open": [-1]})
     assert outs["test"]["labels"].tolist() == [1] and outs["open"]["labels"].tolist() == [-1]
-    assert outs["open"]["reach"][0] < outs["test"]["reach"][0]
+    assert outs["open"]["reachability"][0] < outs["test"]["reachability"][0]
     with pytest.raises(RuntimeError, match="before fit"):
         Probe("ncm").outputs(QUERY)
     with pytest.raises(ValueError, match="unknown probe"):

@@ -2,9 +2,9 @@
 
 Every probe sees the backbone's global-average-pooled feature of each image (the clean,
 un-augmented training images: one view each), L2-normalised, and answers like a model does:
-``logits`` [N, K] (argmax = the class; max softmax and energy come from them) and ``reach``
-[N], the probe's own distance-based known-ness, so the benchmark's report scores it exactly as
-it scores OLTR (``reach`` plays the part of OLTR's reachability; higher = more known):
+the ONNX artifact's outputs: ``logits`` [N, K] (argmax = the class), ``probabilities`` and
+``reachability`` [N], the probe's own distance-based known-ness, so the benchmark's report
+scores it exactly as it scores OLTR (higher = more known):
 
 - ``logreg``: scikit-learn's ``LogisticRegression(class_weight="balanced")``; logits are its
   decision function; reach = s_r / (1 - max cosine to a class mean), the nearest-class-mean
@@ -43,6 +43,12 @@ def class_means(features: np.ndarray, labels: np.ndarray, num_classes: int) -> n
     return unit(np.stack([z[labels == k].mean(axis=0) for k in range(num_classes)]))
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, stable (the row maximum is subtracted first)."""
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def cosine_reach(similarity: np.ndarray) -> np.ndarray:
     """``s_r / (1 - similarity)``, clamped like the model's distances (never divides by 0)."""
     return REACH_SCALE / np.maximum(1.0 - similarity, EPS)
@@ -75,7 +81,9 @@ class Probe:
         return self
 
     def outputs(self, features: np.ndarray) -> dict[str, np.ndarray]:
-        """``logits`` [N, K], ``reach`` [N], ``direct`` (the unit features) and ``min_dist``."""
+        """The model-like outputs under the ONNX artifact's names: ``logits``,
+        ``probabilities`` (float32, as the artifact), ``reachability``, ``distance`` (1 - the
+        similarity), ``nearest_class`` (the nearest class mean) and ``embedding`` (unit features)."""
         if self._means is None or self._train is None or self._labels is None:
             raise RuntimeError("Probe.outputs() called before fit()")
         z = unit(features)
@@ -90,11 +98,14 @@ class Probe:
             logits = LOGIT_SCALE * to_means
         else:
             logits, similarity = self._knn(z, len(self._means))
+        logits = np.asarray(logits, dtype=np.float64)
         return {
-            "logits": np.asarray(logits, dtype=np.float64),
-            "reach": cosine_reach(similarity),
-            "min_dist": 1.0 - similarity,
-            "direct": z,
+            "logits": logits,
+            "probabilities": softmax(logits).astype(np.float32),
+            "reachability": cosine_reach(similarity),
+            "distance": 1.0 - similarity,
+            "nearest_class": to_means.argmax(axis=1),
+            "embedding": z,
         }
 
     def _knn(self, z: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
