@@ -83,7 +83,7 @@ class Probe:
     def outputs(self, features: np.ndarray) -> dict[str, np.ndarray]:
         """The model-like outputs under the ONNX artifact's names: ``logits``,
         ``probabilities`` (float32, as the artifact), ``reachability``, ``distance`` (1 - the
-        similarity), ``nearest_class`` (the nearest class mean) and ``embedding`` (unit features)."""
+        similarity), ``nearest_class`` (nearest class mean), ``embedding`` (unit features)."""
         if self._means is None or self._train is None or self._labels is None:
             raise RuntimeError("Probe.outputs() called before fit()")
         z = unit(features)
