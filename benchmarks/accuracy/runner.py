@@ -379,20 +379,14 @@ class Benchmark:
             outs,
             cfg,
             data,
-            shift,
-            centroids,
-            {
-                "method": name,
-                "title": spec.title,
-                "kind": spec.kind,
-                "seed": cfg.seed,
-                "class_names": data.class_names,
-                "model_config": model.cfg.model_dump(mode="json"),
-                "train_counts": data.train_counts,
-                "stage2_on_cached_maps": maps is not None,
-                "train_seconds": round(train_seconds, 1),
-                "eval_started": started,
-            },
+            name,
+            spec,
+            shift=shift,
+            centroids=centroids,
+            model_config=model.cfg.model_dump(mode="json"),
+            cached=maps is not None,
+            train_seconds=train_seconds,
+            eval_started=started,
         )
 
     def _run_probe(
@@ -422,20 +416,14 @@ class Benchmark:
             outs,
             cfg,
             data,
-            None,
-            means,
-            {
-                "method": name,
-                "title": spec.title,
-                "kind": spec.kind,
-                "seed": cfg.seed,
-                "class_names": data.class_names,
-                "model_config": {"probe": spec.probe, "k": spec.k},
-                "train_counts": data.train_counts,
-                "stage2_on_cached_maps": True,
-                "train_seconds": round(train_seconds, 1),
-                "eval_started": time.monotonic(),
-            },
+            name,
+            spec,
+            shift=None,
+            centroids=means,
+            model_config={"probe": spec.probe, "k": spec.k},
+            cached=True,
+            train_seconds=train_seconds,
+            eval_started=time.monotonic(),
         )
 
 
@@ -444,18 +432,31 @@ def _save_result(
     outs: dict[str, dict[str, np.ndarray]],
     cfg: FitConfig,
     data: SeedData,
+    name: str,
+    spec: MethodSpec,
+    *,
     shift: np.ndarray | None,
     centroids: np.ndarray | None,
-    fields: dict[str, Any],
+    model_config: dict[str, Any],
+    cached: bool,
+    train_seconds: float,
+    eval_started: float,
 ) -> dict[str, Any]:
     """Report, diagnostics and scores of one run, written to ``out``; returns result.json."""
-    started = fields.pop("eval_started")
     rep, scored_sets = report(outs, cfg, data.train_counts, shift)
     result = {
-        **fields,
+        "method": name,
+        "title": spec.title,
+        "kind": spec.kind,
+        "seed": cfg.seed,
+        "class_names": data.class_names,
+        "model_config": model_config,
+        "train_counts": data.train_counts,
+        "stage2_on_cached_maps": cached,
         "report": rep,
         "diagnostics": diagnostics(outs, centroids),
-        "eval_seconds": round(time.monotonic() - started, 1),
+        "train_seconds": round(train_seconds, 1),
+        "eval_seconds": round(time.monotonic() - eval_started, 1),
     }
     arrays = {f"{s}/{k}": v for s, ss in scored_sets.items() for k, v in ss.scores.items()}
     for set_name, ss in scored_sets.items():
