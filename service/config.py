@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     """Keep running warm-up batches for at least this long before reporting ready."""
     admin_token: SecretStr | None = None
     """Bearer token for /admin/*; when unset the admin routes do not exist."""
+    ui: bool = False
+    """Serve the web page at /ui/ (try images, review captured unknowns, enrol); its admin
+    parts send the token the user types into the page, kept in that tab's sessionStorage."""
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     shutdown_timeout_s: float = Field(30.0, gt=0)
