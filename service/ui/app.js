@@ -389,7 +389,8 @@ function drawRate() {
   const parts = [chart.querySelector("title")];
   for (const r of [0, 0.5, 1]) {
     parts.push(svg("line", { class: "grid", x1: left, x2: w - right, y1: y(r), y2: y(r) }));
-    parts.push(svg("text", { class: "axis", x: left - 6, y: y(r) + 4, "text-anchor": "end" }, pct(r)));
+    const label = `${100 * r}%`;
+    parts.push(svg("text", { class: "axis", x: left - 6, y: y(r) + 4, "text-anchor": "end" }, label));
   }
   const ago = Math.round(span / 1000);
   parts.push(svg("text", { class: "axis", x: left, y: h - 6 }, `${ago} s ago`));
