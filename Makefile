@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: serve test setup-serve setup-dev system-deps default-model lint bench-service bench-scaleout bench-peers clean
+.PHONY: serve test setup-serve setup-dev system-deps default-model lint ui-screenshot bench-service bench-scaleout bench-peers clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ $(VENV)/.dev-installed: pyproject.toml | $(PY)
 setup-serve: $(VENV)/.serve-installed  ## the service's run-time dependencies (no torch)
 setup-dev: $(VENV)/.dev-installed      ## training, export and test dependencies
 
-system-deps:                           ## prometheus, promtool, docker-compose (Debian)
+system-deps:                           ## prometheus, promtool, docker-compose, nginx, chromium (Debian)
 	bash scripts/install-system-deps.sh
 
 serve: setup-serve                     ## serve models/default on http://127.0.0.1:8000
@@ -39,6 +39,10 @@ lint: setup-dev                        ## ruff on everything, mypy --strict on s
 default-model: setup-dev               ## retrain and re-export the committed default model
 	rm -rf runs/default-model
 	$(PY) -m training.fit --run-dir runs/default-model export.out=models/default
+
+ui-screenshot: setup-dev system-deps  ## the README's picture of the page, from the browser test
+	$(PY) -m pytest -q tests/test_ui.py -k try_it_shows_a_photo_and_a_digit
+	cp tests/artifacts/ui/try-it.png docs/img/ui-try-it.png
 
 bench-service: setup-dev
 	$(PY) benchmarks/bench_service.py

@@ -8,6 +8,7 @@ what the API answers for the same bytes. Screenshots of each view go to tests/ar
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
 import httpx
@@ -162,15 +163,15 @@ def test_try_it_shows_what_the_api_answers_for_a_digit(browser, service, files):
 
 
 @pytest.mark.data
-def test_try_it_shows_a_photo_as_the_api_answers(browser, service, files):
-    photos = imagenet_photos(2)
+def test_try_it_shows_a_photo_and_a_digit_as_the_api_answers(browser, service, files):
+    photos = imagenet_photos(1)
     if not photos:
         pytest.skip("../shared/data is absent: no photos")
-    paths = files(list(photos))
+    named = [("digit-4.png", mnist_digits([4], 1)[0][0]), photos[0]]
     open_page(browser, service.url)
-    pick(browser, "try-files", paths)
+    pick(browser, "try-files", files(named))
     cards = result_cards(browser, 2)
-    for card, (name, data) in zip(cards, photos, strict=True):
+    for card, (name, data) in zip(cards, named, strict=True):
         assert card.find_element("css selector", "h3").text == name
         card_shows(card, api_answer(service.url, name, data)["predictions"][0])
         img = card.find_element("css selector", "img.thumb")
@@ -310,3 +311,153 @@ def test_503_with_retry_after_is_shown(browser, tmp_path, files):
         assert "Retry after 1 s." in error.text
     finally:
         svc.stop(signal.SIGKILL)  # SIGTERM would wait for the warm-up thread to finish its 600 s
+
+
+# -- the open-world loop: captures, groups, enrolment (admin token typed into the page) ---------
+
+
+@pytest.fixture(scope="module")
+def loop_service(tmp_path_factory):
+    """The default model keeping its unknowns and enrolling classes (fresh folders)."""
+    root = tmp_path_factory.mktemp("ui-loop")
+    path, _ = serving_model(root)
+    env = {
+        "OLTR_MODEL_PATH": str(path),
+        "OLTR_UI": "true",
+        "OLTR_ADMIN_TOKEN": TOKEN,
+        "OLTR_CAPTURE_DIR": str(root / "captures"),
+        "OLTR_ENROL_DIR": str(root / "enrolled"),
+        "OLTR_MAX_FILES": "32",
+        "OLTR_WARMUP_RUNS": "1",
+    }
+    with running_service(env, root / "service.log") as svc:
+        yield svc
+
+
+def admin_requests_seen(svc: ServiceProcess) -> list[str]:
+    """Access-log lines and request-metric series of any /admin route."""
+    lines = [line for line in svc.logs().splitlines() if "/admin" in line]
+    metrics = httpx.get(f"{svc.url}/metrics").text
+    return lines + [line for line in metrics.splitlines() if 'endpoint="/admin' in line]
+
+
+def use_token(driver, value: str) -> None:
+    driver.find_element("id", "token").send_keys(value)
+    driver.find_element("id", "token-use").click()
+    wait_for(driver, lambda d: d.find_element("id", "token-state").text.startswith("Token kept"))
+
+
+def test_admin_views_do_nothing_without_the_token(browser, loop_service):
+    open_page(browser, loop_service.url)
+    browser.find_element("id", "tab-unknowns").click()
+    assert browser.find_element("css selector", "#view-unknowns .needs-token").is_displayed()
+    browser.find_element("id", "unknowns-refresh").click()
+    browser.find_element("id", "tab-enrol").click()
+    assert browser.find_element("css selector", "#view-enrol .needs-token").is_displayed()
+    browser.find_element("id", "classes-refresh").click()
+    browser.find_element("id", "enrol-name").send_keys("sneaky")
+    browser.find_element("id", "enrol-submit").click()
+    error = shown_error(browser, "enrol-error")
+    assert error.text.startswith("Admin token needed")
+    assert browser.find_elements("css selector", "#classes-body tr") == []
+    assert admin_requests_seen(loop_service) == []
+    assert browser.execute_script("return sessionStorage.length") == 0
+
+
+def test_a_wrong_token_gets_the_services_answer(browser, loop_service):
+    open_page(browser, loop_service.url, "enrol")
+    use_token(browser, "not-the-token-at-all")
+    error = shown_error(browser, "classes-error")
+    assert error.text.startswith("HTTP 403 forbidden: admin token rejected")
+    browser.find_element("id", "token-forget").click()
+    assert browser.execute_script("return sessionStorage.length") == 0
+    assert browser.find_element("css selector", "#view-enrol .needs-token").is_displayed()
+
+
+def _wait_for_captures(svc: ServiceProcess, n: int, timeout_s: float = 30) -> None:
+    """Capture writes in the background: wait until the API lists ``n`` images."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    deadline = time.monotonic() + timeout_s
+    while (total := httpx.get(f"{svc.url}/admin/captures", headers=auth).json()["total"]) < n:
+        assert time.monotonic() < deadline, f"{total} captures listed, {n} expected"
+        time.sleep(0.2)
+
+
+def test_capture_group_enrol_and_undo_through_the_page(browser, loop_service, files):
+    sevens = [(f"seven_{i:02d}.png", data) for i, (data, _) in enumerate(mnist_digits([7], 30))]
+    open_page(browser, loop_service.url)
+    use_token(browser, TOKEN)
+    pick(browser, "try-files", files(sevens))
+    cards = result_cards(browser, len(sevens))
+    unknown = [
+        c.find_element("css selector", "h3").text
+        for c in cards
+        if c.find_elements("css selector", ".badge")
+    ]
+    assert len(unknown) >= 3, "the default model should call some sevens unknown"
+    _wait_for_captures(loop_service, len(unknown))
+
+    browser.find_element("id", "tab-unknowns").click()
+    summary = browser.find_element("id", "unknowns-summary")
+    wait_for(browser, lambda d: summary.text.startswith(f"{len(unknown)} captured images"))
+    groups = browser.find_elements("css selector", "#groups section.group")
+    assert groups, summary.text
+    alts = [i.get_attribute("alt") for i in browser.find_elements("css selector", "#groups img")]
+    assert sorted(a.split("(")[1].split(")")[0] for a in alts) == sorted(unknown)
+    wait_for(
+        browser,
+        lambda d: all(
+            d.execute_script("return arguments[0].naturalWidth", img) > 0
+            for img in d.find_elements("css selector", "#groups img")
+        ),
+    )
+    screenshot(browser, "unknowns")
+
+    group = groups[0]
+    chosen = len(group.find_elements("css selector", "input[type=checkbox]:checked"))
+    group.find_element("css selector", "button").click()
+    assert browser.find_element("id", "view-enrol").is_displayed()
+    assert browser.switch_to.active_element.get_attribute("id") == "enrol-name"
+
+    browser.find_element("id", "enrol-name").send_keys(XSS)
+    browser.find_element("id", "enrol-submit").click()
+    error = shown_error(browser, "enrol-error")
+    assert error.text.startswith(("HTTP 400", "HTTP 422"))
+    assert browser.find_elements("css selector", "img[src='x']") == []
+    _no_alert(browser)
+
+    name = browser.find_element("id", "enrol-name")
+    name.clear()
+    name.send_keys("seven")
+    before = httpx.get(f"{loop_service.url}/v1/model").json()["version"]
+    browser.find_element("id", "enrol-submit").click()
+    result = browser.find_element("id", "enrol-result")
+    wait_for(browser, lambda d: result.text.startswith("Enrolled “seven”"))
+    served = httpx.get(f"{loop_service.url}/v1/model").json()
+    assert "seven" in served["class_names"] and served["version"] != before
+    assert (
+        f"from {chosen} examples: model version {served['version']} (was {before})" in result.text
+    )
+    check = result_cards(browser, 1, "enrol-check")[0]
+    assert check.find_element("css selector", ".label").text == "seven"
+    row = wait_for(
+        browser,
+        lambda d: [
+            r
+            for r in d.find_elements("css selector", "#classes-body tr")
+            if r.find_element("css selector", ".class-name").text == "seven"
+        ],
+    )
+    assert "yes" in row[0].text
+    assert served["version"] in browser.find_element("id", "model-line").text
+    assert console_problems(browser) == []
+    screenshot(browser, "enrol")
+
+    browser.find_element("id", "enrol-undo").click()
+    wait_for(browser, lambda d: result.text.startswith("Removed “seven”"))
+    after = httpx.get(f"{loop_service.url}/v1/model").json()
+    assert "seven" not in after["class_names"]
+    assert f"model version {after['version']} (was {served['version']})" in result.text
+    wait_for(browser, lambda d: "after the removal" in d.find_element("id", "enrol-check").text)
+    check = browser.find_element("css selector", "#enrol-check > li")
+    assert check.find_element("css selector", ".label").text != "seven"
