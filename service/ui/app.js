@@ -8,7 +8,7 @@
 const ROOT = new URL("../", document.baseURI); // the page is served at <service>/ui/
 const TOKEN_KEY = "oltr.adminToken";
 const TOP_K = 5;
-const RATE_SAMPLES = 61; // the last 60 polling intervals
+const RATE_SAMPLES = 61; // the last 60 polling intervals (a poll also runs on opening Unknowns)
 const CAPTURE_LIST_LIMIT = 500;
 const POLL_S = pollSeconds();
 const VIEWS = ["try", "unknowns", "enrol"];
@@ -171,7 +171,10 @@ function showView(name) {
     $("tab-" + view).setAttribute("aria-pressed", String(view === name));
   }
   if (location.hash !== "#" + name) history.replaceState(null, "", "#" + name);
-  if (name === "unknowns") loadUnknowns();
+  if (name === "unknowns") {
+    pollRate();
+    loadUnknowns();
+  }
   if (name === "enrol") loadClasses();
 }
 
@@ -337,7 +340,11 @@ function parseCounters(text) {
   return found ? counts : null;
 }
 
+let polling = false;
+
 async function pollRate() {
+  if (polling) return; // one /metrics read at a time: samples stay in order
+  polling = true;
   try {
     const counts = parseCounters(await call("metrics", { as: "text" }));
     if (!counts) throw new Error("/metrics has no oltr_images_classified_total");
@@ -347,6 +354,8 @@ async function pollRate() {
     drawRate();
   } catch (err) {
     showError($("rate-error"), err);
+  } finally {
+    polling = false;
   }
 }
 
@@ -357,7 +366,8 @@ function rateIntervals(samples) {
     const du = samples[i].unknown - samples[i - 1].unknown;
     const dn = du + samples[i].known - samples[i - 1].known;
     if (du < 0 || dn < du) continue; // the service restarted: its counters began again
-    out.push({ t: samples[i].t, n: dn, unknown: du, rate: dn > 0 ? du / dn : null });
+    const s = (samples[i].t - samples[i - 1].t) / 1000;
+    out.push({ t: samples[i].t, s, n: dn, unknown: du, rate: dn > 0 ? du / dn : null });
   }
   return out;
 }
@@ -373,10 +383,11 @@ function drawRate() {
   ];
   const now = intervals[intervals.length - 1];
   if (now) {
+    const head = `Last ${now.s < 10 ? now.s.toFixed(1) : Math.round(now.s)} s`;
     lines.unshift(
       now.n
-        ? `Last ${POLL_S} s: ${now.unknown} of ${plural(now.n, "image")} unknown (${pct(now.rate)}).`
-        : `Last ${POLL_S} s: no images classified.`,
+        ? `${head}: ${now.unknown} of ${plural(now.n, "image")} unknown (${pct(now.rate)}).`
+        : `${head}: no images classified.`,
     );
   }
   $("rate-summary").textContent = lines.join(" ");
@@ -647,8 +658,8 @@ function start() {
   setUpDrop();
   updateTokenUi();
   loadModel();
-  showView(location.hash.slice(1));
   pollRate();
+  showView(location.hash.slice(1));
   setInterval(pollRate, POLL_S * 1000);
 }
 
