@@ -7,8 +7,11 @@ what the API answers for the same bytes. Screenshots of each view go to tests/ar
 
 from __future__ import annotations
 
+import base64
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -43,19 +46,25 @@ def browser(tmp_path_factory):
         yield driver
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory):
-    """The default model with the page on, two files per request at most (for a 413)."""
-    root = tmp_path_factory.mktemp("ui")
+@contextmanager
+def page_service(root: Path, **env: str) -> Iterator[ServiceProcess]:
+    """The default model with the page on and the admin token set, plus ``env``."""
     path, _ = serving_model(root)
     env = {
         "OLTR_MODEL_PATH": str(path),
         "OLTR_UI": "true",
         "OLTR_ADMIN_TOKEN": TOKEN,
-        "OLTR_MAX_FILES": "2",
         "OLTR_WARMUP_RUNS": "1",
+        **env,
     }
     with running_service(env, root / "service.log") as svc:
+        yield svc
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    """Two files per request at most (for a 413)."""
+    with page_service(tmp_path_factory.mktemp("ui"), OLTR_MAX_FILES="2") as svc:
         yield svc
 
 
@@ -119,9 +128,8 @@ def api_answer(url: str, name: str, data: bytes) -> dict:
 
 def test_page_is_off_unless_enabled():
     for enabled in (False, True):
-        app = create_app(Settings(ui=enabled))
-        with TestClient(app) as client:  # no lifespan needed: nothing here touches the model
-            assert client.get("/ui/").status_code == (200 if enabled else 404)
+        client = TestClient(create_app(Settings(ui=enabled)))  # no lifespan: no model needed
+        assert client.get("/ui/").status_code == (200 if enabled else 404)
 
 
 def test_page_files_carry_a_strict_content_security_policy(service):
@@ -179,6 +187,27 @@ def test_try_it_shows_a_photo_and_a_digit_as_the_api_answers(browser, service, f
         assert browser.execute_script("return arguments[0].naturalWidth", img) > 0
     assert console_problems(browser) == []
     screenshot(browser, "try-it")
+
+
+DROP_FILE = """
+const [b64, name] = arguments;
+const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+const data = new DataTransfer();
+data.items.add(new File([bytes], name, { type: "image/png" }));
+const zone = document.getElementById("drop");
+for (const kind of ["dragover", "drop"]) {
+  zone.dispatchEvent(new DragEvent(kind, { dataTransfer: data, bubbles: true, cancelable: true }));
+}
+"""
+
+
+def test_a_file_dropped_on_the_box_is_classified(browser, service):
+    digit = mnist_digits([5], 1)[0][0]
+    open_page(browser, service.url)
+    browser.execute_script(DROP_FILE, base64.b64encode(digit).decode(), "dropped-5.png")
+    card = result_cards(browser, 1)[0]
+    assert card.find_element("css selector", "h3").text == "dropped-5.png"
+    card_shows(card, api_answer(service.url, "dropped-5.png", digit)["predictions"][0])
 
 
 def test_try_it_shows_the_api_errors_as_they_come(browser, service, files):
@@ -318,19 +347,14 @@ def test_503_with_retry_after_is_shown(browser, tmp_path, files):
 
 @pytest.fixture(scope="module")
 def loop_service(tmp_path_factory):
-    """The default model keeping its unknowns and enrolling classes (fresh folders)."""
+    """Keeping its unknowns and enrolling classes (fresh folders)."""
     root = tmp_path_factory.mktemp("ui-loop")
-    path, _ = serving_model(root)
     env = {
-        "OLTR_MODEL_PATH": str(path),
-        "OLTR_UI": "true",
-        "OLTR_ADMIN_TOKEN": TOKEN,
         "OLTR_CAPTURE_DIR": str(root / "captures"),
         "OLTR_ENROL_DIR": str(root / "enrolled"),
         "OLTR_MAX_FILES": "32",
-        "OLTR_WARMUP_RUNS": "1",
     }
-    with running_service(env, root / "service.log") as svc:
+    with page_service(root, **env) as svc:
         yield svc
 
 
