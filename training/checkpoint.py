@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from training.atomic import atomic_file
+from oltr_contract.atomic import atomic_file
 from training.config import FitConfig
 from training.models import OLTRNet, build_model
 

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from oltr_contract.artifact import CARD_KEY, INPUT_NAME, OUTPUT_NAMES
-from training.atomic import write_bytes_atomic
+from oltr_contract.atomic import write_bytes_atomic
 from training.models import OLTRNet
 
 MODEL_FILE = "model.onnx"

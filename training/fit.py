@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from oltr_contract.atomic import write_text_atomic
 from training import distributed as dist_utils
-from training.atomic import write_text_atomic
 from training.checkpoint import CheckpointError, load_checkpoint
 from training.config import ConfigError, FitConfig, load_config, preset_names, save_config
 from training.data import DataError, load_split

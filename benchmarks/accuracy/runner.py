@@ -47,7 +47,7 @@ from benchmarks.accuracy.features import (
 from benchmarks.accuracy.probes import Probe, class_means, probe_outputs
 from benchmarks.accuracy.scoring import diagnostics, report, run_sets
 from benchmarks.accuracy.settings import BenchConfig, MethodSpec, ProtocolSpec
-from training.atomic import atomic_file
+from oltr_contract.atomic import atomic_file
 from training.config import FitConfig, load_config, save_config
 from training.data import ImageDataset, eval_transform, load_split
 from training.losses import LossWeights

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from training.atomic import write_text_atomic
+from oltr_contract.atomic import write_text_atomic
 from training.data.errors import DataError
 
 OPEN_LABEL = -1

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from training.atomic import write_text_atomic
+from oltr_contract.atomic import write_text_atomic
 from training.config import EvalConfig
 from training.data.errors import DataError
 from training.data.listfile import write_list
