@@ -464,14 +464,7 @@ def test_capture_group_enrol_and_undo_through_the_page(browser, loop_service, fi
     )
     check = result_cards(browser, 1, "enrol-check")[0]
     assert check.find_element("css selector", ".label").text == "seven"
-    row = wait_for(
-        browser,
-        lambda d: [
-            r
-            for r in d.find_elements("css selector", "#classes-body tr")
-            if r.find_element("css selector", ".class-name").text == "seven"
-        ],
-    )
+    row = wait_for(browser, lambda d: class_row(d, "seven"))
     assert "yes" in row[0].text
     assert served["version"] in browser.find_element("id", "model-line").text
     assert console_problems(browser) == []
@@ -485,3 +478,33 @@ def test_capture_group_enrol_and_undo_through_the_page(browser, loop_service, fi
     wait_for(browser, lambda d: "after the removal" in d.find_element("id", "enrol-check").text)
     check = browser.find_element("css selector", "#enrol-check > li")
     assert check.find_element("css selector", ".label").text != "seven"
+
+
+def class_row(driver, name: str) -> list:
+    """The rows of the Enrol view's class table that name ``name``."""
+    return [
+        row
+        for row in driver.find_elements("css selector", "#classes-body tr")
+        if row.find_element("css selector", ".class-name").text == name
+    ]
+
+
+def test_enrol_from_image_files_and_remove_it_from_the_class_table(browser, loop_service, files):
+    sixes = [(f"six_{i}.png", data) for i, (data, _) in enumerate(mnist_digits([6], 10))]
+    open_page(browser, loop_service.url, "enrol")
+    use_token(browser, TOKEN)
+    pick(browser, "enrol-files", files(sixes))
+    browser.find_element("id", "enrol-name").send_keys("six")
+    browser.find_element("id", "enrol-submit").click()
+    result = browser.find_element("id", "enrol-result")
+    wait_for(browser, lambda d: result.text.startswith("Enrolled “six” from 10 examples"))
+    check = result_cards(browser, 1, "enrol-check")[0]
+    name, data = sixes[0]
+    assert check.find_element("css selector", "h3").text.endswith(name)
+    card_shows(check, api_answer(loop_service.url, name, data)["predictions"][0])
+    row = wait_for(browser, lambda d: class_row(d, "six"))[0]
+    row.find_element("css selector", "button").click()
+    wait_for(browser, lambda d: result.text.startswith("Removed “six”"))
+    wait_for(browser, lambda d: not class_row(d, "six"))
+    assert "six" not in httpx.get(f"{loop_service.url}/v1/model").json()["class_names"]
+    assert console_problems(browser) == []
