@@ -89,6 +89,14 @@ class Settings(BaseSettings):
     """Keep running warm-up batches for at least this long before reporting ready."""
     admin_token: SecretStr | None = None
     """Bearer token for /admin/*; when unset the admin routes do not exist."""
+    enrol_dir: Path | None = None
+    """Folder for enrolled model versions (``<version>/model.onnx``, ``LATEST``); with the admin
+    token set, ``/admin/classes`` can add and remove classes. Unset: enrolment is off."""
+    enrol_max_images: int = Field(50, ge=1, le=1000)
+    """Most example images one enrolment takes."""
+    serve_latest_enrolled: bool = False
+    """Start-up serves the version ``enrol_dir/LATEST`` names (when there is one) instead of
+    ``model_path``: a restart keeps the classes enrolled before it."""
     ui: bool = False
     """Serve the web page at /ui/ (try images, review captured unknowns, enrol); its admin
     parts send the token the user types into the page, kept in that tab's sessionStorage."""

@@ -127,6 +127,36 @@ class ModelLoadError(ServiceError):
     reason = "bad_request"
 
 
+class ClassExists(ServiceError):
+    """Enrolment under a name the model already has."""
+
+    status = 409
+    code = "class_exists"
+    reason = "bad_request"
+
+
+class ClassNotFound(ServiceError):
+    status = 404
+    code = "class_not_found"
+    reason = "bad_request"
+
+
+class TrainedClass(ServiceError):
+    """Removing a class the model was trained with (only enrolled classes can go)."""
+
+    status = 409
+    code = "trained_class"
+    reason = "bad_request"
+
+
+class EnrolmentUnavailable(ServiceError):
+    """Enrolment is not configured, or the model's graph cannot take a new class."""
+
+    status = 409
+    code = "enrolment_unavailable"
+    reason = "bad_request"
+
+
 def request_id_of(request: Request) -> str:
     """The id the request-context middleware assigned (``-`` outside a request)."""
     return getattr(request.state, "request_id", "-")

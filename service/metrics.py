@@ -74,6 +74,10 @@ MODEL_INFO = Gauge(
 PROVIDER_FALLBACK = Gauge(
     "oltr_provider_fallback", "1 when CUDA was requested but the session runs on CPU"
 )
+ENROLMENTS = Counter(
+    "oltr_enrolments", "Classes added or removed without training, by action", ["action"]
+)
+ENROLLED_CLASSES = Gauge("oltr_enrolled_classes", "Enrolled classes in the serving model")
 UNKNOWN_THRESHOLD = Gauge("oltr_unknown_threshold", "Threshold of the unknown score in use")
 
 
@@ -83,13 +87,21 @@ for _outcome in ("known", "unknown"):
     IMAGES.labels(outcome=_outcome)
 for _reason in REJECT_REASONS:
     REJECTED.labels(reason=_reason)
+for _action in ("add", "remove"):
+    ENROLMENTS.labels(action=_action)
 
 
 def set_model_info(
-    version: str, provider: str, requested: str, fallback: bool, class_names: list[str]
+    version: str,
+    provider: str,
+    requested: str,
+    fallback: bool,
+    class_names: list[str],
+    enrolled: int = 0,
 ) -> None:
-    """Replace the model-info series (one model at a time), set the fallback flag and create
-    the per-class prediction series at 0."""
+    """Replace the model-info series (one model at a time), set the fallback flag and the
+    enrolled-class count, and create the per-class prediction series at 0."""
+    ENROLLED_CLASSES.set(enrolled)
     MODEL_INFO.clear()
     MODEL_INFO.labels(version=version, provider=provider, requested=requested).set(1)
     PROVIDER_FALLBACK.set(1 if fallback else 0)

@@ -107,13 +107,18 @@ class Predictor:
         return self.card.class_names
 
     @property
+    def enrolled_classes(self) -> int:
+        """How many of the classes were added by enrolment (the card's ``enrolment`` record)."""
+        record = (self.card.model_extra or {}).get("enrolment") or {}
+        return len(record.get("classes", []))
+
+    @property
     def input_size(self) -> int:
         return self.card.input_size
 
     @property
     def preprocess_spec(self) -> PreprocessSpec:
-        p = self.card.preprocess
-        return PreprocessSpec(p.resize_shorter, p.crop, p.interpolation)
+        return PreprocessSpec.of(self.card)
 
     @property
     def providers(self) -> ProviderChoice:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from service.card import ModelCard
 from service.errors import InvalidImage, TooManyPixels
 from service.integrity import check_png_crcs
 from service.pixels import to_rgb
@@ -40,6 +41,12 @@ class PreprocessSpec:
     resize_shorter: int
     crop: int
     interpolation: str = "bilinear"
+
+    @classmethod
+    def of(cls, card: ModelCard) -> PreprocessSpec:
+        """The spec a model card describes."""
+        p = card.preprocess
+        return cls(p.resize_shorter, p.crop, p.interpolation)
 
 
 def open_image(data: bytes, *, max_pixels: int) -> Image.Image:

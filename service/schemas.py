@@ -174,3 +174,23 @@ class ThresholdResponse(BaseModel):
     unknown_score: ScoreName = Field(description="Score the threshold applies to.")
     threshold: float = Field(description="Threshold now in use.")
     threshold_source: ThresholdSource = Field(description="Where it comes from.")
+
+
+class ClassInfo(BaseModel):
+    name: str
+    index: int = Field(description="Column of the class in logits and probabilities.")
+    enrolled: bool = Field(description="Added by enrolment (removable), not trained.")
+    examples: int | None = Field(description="Enrolment images (null for trained classes).")
+
+
+class ClassesResponse(BaseModel):
+    model_version: str
+    classes: list[ClassInfo]
+
+
+class EnrolResponse(BaseModel):
+    name: str = Field(description="The class added or removed.")
+    version: str = Field(description="Version serving now (the new model).")
+    previous_version: str = Field(description="Version the new model was derived from.")
+    path: str = Field(description="Model file serving now, in OLTR_ENROL_DIR.")
+    examples: int | None = Field(None, description="Images the class was learnt from.")

@@ -22,6 +22,7 @@ from service import metrics
 from service.admission import Admission
 from service.batching import MicroBatcher
 from service.config import Settings
+from service.enrolment import latest_version
 from service.errors import ModelLoadError, ModelNotReady
 from service.open_set import OpenSetPolicy, check_policy, policy_for
 from service.predictor import Predictor
@@ -47,19 +48,29 @@ class ServiceState:
         self.admission = Admission(settings, self.batcher)  # decoding has its own threads
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="oltr-load")
         self._reload_lock = asyncio.Lock()
+        self.enrol_lock = asyncio.Lock()
+        """Held by an enrolment from reading the serving model to swapping in its successor."""
         self._warmup: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         """Load and check the model (errors are fatal), then finish warming up in background."""
         s = self.settings
-        predictor = await self.in_thread(Predictor.load, s.model_path, s)
+        predictor = await self.in_thread(Predictor.load, self.startup_model_path(), s)
         check_policy(s, predictor.card, predictor.path)
         await self.in_thread(predictor.warm_up, s.max_batch_size, 1)
         self._install(predictor)
         self.batcher.start()
         self.status = ServiceStatus.WARMING_UP
         self._warmup = asyncio.get_running_loop().create_task(self._finish_warmup(predictor))
+
+    def startup_model_path(self) -> Path:
+        """``model_path``, or the newest enrolled version with ``serve_latest_enrolled``."""
+        s = self.settings
+        latest = latest_version(s.enrol_dir) if s.serve_latest_enrolled and s.enrol_dir else None
+        if latest is not None:
+            log.info("serving the latest enrolled version: %s", latest)
+        return latest or s.model_path
 
     async def _finish_warmup(self, predictor: Predictor) -> None:
         s = self.settings
@@ -135,6 +146,7 @@ class ServiceState:
             ",".join(choice.requested),
             choice.fallback,
             predictor.class_names,
+            predictor.enrolled_classes,
         )
         metrics.UNKNOWN_THRESHOLD.set(self.policy(predictor=predictor).threshold)
 

@@ -47,12 +47,21 @@ class _CheckedMultiPartParser(MultiPartParser):
         self.complete = True
 
 
-async def _read_multipart(request: Request, max_files: int) -> list[Upload]:
+@dataclass(frozen=True)
+class Form:
+    """A multipart form: its file parts (any field name) and its text fields."""
+
+    files: dict[str, list[Upload]]
+    fields: dict[str, list[str]]
+
+
+async def read_form(request: Request, *, max_files: int, max_fields: int) -> Form:
+    """Parse a multipart body (whole, to its closing boundary); 4xx domain errors otherwise."""
     parser = _CheckedMultiPartParser(
         request.headers,
         request.stream(),
         max_files=max_files,
-        max_fields=max_files,
+        max_fields=max_fields,
         max_part_size=MAX_TEXT_FIELD_BYTES,
     )
     try:
@@ -67,16 +76,24 @@ async def _read_multipart(request: Request, max_files: int) -> list[Upload]:
             spooled.close()
         raise BadRequest("malformed multipart body: it ends before the closing boundary")
     try:
-        parts = form.getlist(FIELD)
-        if not parts:
-            raise MissingFile(
-                f"no {FIELD!r} field in the form (fields received: {sorted(set(form.keys()))})"
-            )
-        uploads = []
-        for part in parts:
-            if not isinstance(part, UploadFile):
-                raise MissingFile(f"field {FIELD!r} must be a file upload (with a filename)")
-            uploads.append(Upload(part.filename, await part.read()))
-        return uploads
+        files: dict[str, list[Upload]] = {}
+        fields: dict[str, list[str]] = {}
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                files.setdefault(key, []).append(Upload(value.filename, await value.read()))
+            else:
+                fields.setdefault(key, []).append(value)
+        return Form(files, fields)
     finally:
         await form.close()
+
+
+async def _read_multipart(request: Request, max_files: int) -> list[Upload]:
+    form = await read_form(request, max_files=max_files, max_fields=max_files)
+    uploads = form.files.get(FIELD, [])
+    if FIELD in form.fields:
+        raise MissingFile(f"field {FIELD!r} must be a file upload (with a filename)")
+    if not uploads:
+        received = sorted({*form.files, *form.fields})
+        raise MissingFile(f"no {FIELD!r} field in the form (fields received: {received})")
+    return uploads

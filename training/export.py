@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -26,11 +25,11 @@ from torch import Tensor, nn
 
 from oltr_contract.artifact import CARD_KEY, INPUT_NAME, OUTPUT_NAMES
 from oltr_contract.atomic import write_bytes_atomic
+from oltr_contract.graph_version import model_version
 from training.models import OLTRNet
 
 MODEL_FILE = "model.onnx"
 CARD_FILE = "card.json"
-VERSION_CHARS = 12
 
 
 class ExportGraph(nn.Module):
@@ -130,14 +129,6 @@ def _strip_debug_metadata(graph: onnx.GraphProto) -> None:
     del graph.metadata_props[:]
     for item in (*graph.node, *graph.input, *graph.output, *graph.value_info, *graph.initializer):
         del item.metadata_props[:]
-
-
-def model_version(proto: onnx.ModelProto) -> str:
-    """First 12 hex digits of the sha256 of ``proto`` serialized without metadata_props."""
-    bare = onnx.ModelProto()
-    bare.CopyFrom(proto)
-    del bare.metadata_props[:]
-    return hashlib.sha256(bare.SerializeToString()).hexdigest()[:VERSION_CHARS]
 
 
 def read_card(path: str | Path) -> dict[str, Any]:
