@@ -84,9 +84,9 @@ def files(tmp_path):
 
 
 def open_page(driver, url: str, view: str = "try", query: str = "") -> None:
-    driver.get(f"{url}/ui/{query}#{view}")
+    driver.get(f"{url}/ui/{query}#{view}")  # the same URL again would not load a new page:
     driver.execute_script("sessionStorage.clear()")
-    driver.get(f"{url}/ui/{query}#{view}")
+    driver.refresh()  # a fresh page, no token
     wait_for(driver, lambda d: d.find_element("id", "model-line").text.startswith("Model "))
     driver.get_log("browser")  # start each test with an empty console
 
