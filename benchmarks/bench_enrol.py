@@ -64,7 +64,10 @@ def answers(artifact: Artifact, pixels: np.ndarray) -> tuple[np.ndarray, np.ndar
     session = ort.InferenceSession(
         artifact.proto.SerializeToString(), providers=["CPUExecutionProvider"]
     )
-    parts = [session.run(list(OUTPUT_NAMES), {"image": pixels[i : i + 64]}) for i in range(0, len(pixels), 64)]
+    parts = [
+        session.run(list(OUTPUT_NAMES), {"image": pixels[i : i + 64]})
+        for i in range(0, len(pixels), 64)
+    ]
     outputs = {n: np.concatenate([p[j] for p in parts]) for j, n in enumerate(OUTPUT_NAMES)}
     score = artifact.card["unknown_score"]
     values = compute_score(score["name"], outputs, score.get("params"))
