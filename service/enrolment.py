@@ -30,7 +30,13 @@ from oltr_contract.artifact import CARD_KEY, OUTPUT_NAMES
 from oltr_contract.atomic import write_bytes_atomic, write_text_atomic
 from oltr_contract.graph_version import model_version
 from service.card import parse_card
-from service.errors import ClassExists, ClassNotFound, EnrolmentUnavailable, TrainedClass
+from service.errors import (
+    ClassExists,
+    ClassNotFound,
+    EnrolmentUnavailable,
+    InvalidClassName,
+    TrainedClass,
+)
 from service.head_surgery import (
     Head,
     HeadLayoutError,
@@ -119,9 +125,9 @@ class Artifact:
 
 
 def check_class_name(name: str, existing: list[str]) -> None:
-    """ValueError for a malformed name, ClassExists for a taken one."""
+    """InvalidClassName for a malformed name, ClassExists for a taken one."""
     if not CLASS_NAME.match(name):
-        raise ValueError(
+        raise InvalidClassName(
             "class name must be 1-64 characters: letters, digits, space, '_', '.', '-', "
             "starting with a letter or digit"
         )

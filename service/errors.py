@@ -135,6 +135,12 @@ class ClassExists(ServiceError):
     reason = "bad_request"
 
 
+class InvalidClassName(ServiceError):
+    status = 422
+    code = "invalid_class_name"
+    reason = "bad_request"
+
+
 class ClassNotFound(ServiceError):
     status = 404
     code = "class_not_found"

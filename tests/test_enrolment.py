@@ -22,7 +22,13 @@ from service.enrolment import (
     remove,
     write_version,
 )
-from service.errors import ClassExists, ClassNotFound, EnrolmentUnavailable, TrainedClass
+from service.errors import (
+    ClassExists,
+    ClassNotFound,
+    EnrolmentUnavailable,
+    InvalidClassName,
+    TrainedClass,
+)
 from service.head_surgery import SILENT_BIAS, NewClass, class_rows, imprint, locate_head
 from service.preprocessing import PreprocessSpec, image_to_input
 
@@ -162,7 +168,7 @@ def test_refusals(base: Artifact, with_six: Artifact) -> None:
     some = [Example.of(np.zeros((32, 32, 3), np.uint8), b"x")]
     with pytest.raises(ClassExists):
         enrol(base, "3", some)
-    with pytest.raises(ValueError, match="class name"):
+    with pytest.raises(InvalidClassName, match="class name"):
         enrol(base, "../etc", some)
     with pytest.raises(TrainedClass):
         remove(with_six, "0")

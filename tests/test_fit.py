@@ -166,6 +166,20 @@ def test_cli_refuses_to_overwrite_a_run(tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
 
 
+def test_cli_refuses_a_folder_without_test_images_before_training(tmp_path, capsys):
+    from PIL import Image
+
+    for name, value in (("cat", 0), ("dog", 255)):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (32, 32), (value, i, 0)).save(tmp_path / "photos" / name / f"{i}.png")
+    run_dir = tmp_path / "run"
+    args = ["--run-dir", str(run_dir), "data.kind=folder", f"data.train={tmp_path / 'photos'}"]
+    assert main(args) == 1
+    assert "make_split" in capsys.readouterr().err
+    assert not list(run_dir.rglob("*.pt"))  # refused before any training
+
+
 def test_cli_resume_rejects_overrides(tmp_path, capsys):
     assert main(["--resume", str(tmp_path), "stage1.epochs=1"]) == 2
     assert "--resume" in capsys.readouterr().err

@@ -24,7 +24,7 @@ from oltr_contract.atomic import write_text_atomic
 from training import distributed as dist_utils
 from training.checkpoint import CheckpointError, load_checkpoint
 from training.config import ConfigError, FitConfig, load_config, preset_names, save_config
-from training.data import DataError, load_split
+from training.data import DataError, Split, load_split
 from training.engine import predict, reset_centroids, unwrap
 from training.evaluate import evaluate_model
 from training.losses import LossWeights
@@ -99,6 +99,18 @@ def _resolve(args: argparse.Namespace) -> tuple[FitConfig, Path | None]:
     return load_config(args.resume / "config.yaml"), args.resume
 
 
+def _require_test_images(split: Split) -> None:
+    """Evaluation, calibration and the model card need held-out known images: say so at the
+    start, not after training."""
+    if not split.test:
+        raise DataError(
+            "the data has no test images of the known classes, which evaluation and the "
+            "model card need: hold some out with `python -m training.make_split --source "
+            "PHOTOS --out SPLIT` and train with `data.kind=lists data.split_dir=SPLIT`, or "
+            "give held-out images with `data.test=` (a class folder, or a list file)"
+        )
+
+
 def fit(
     cfg: FitConfig, run_dir: Path | None = None, *, resume: bool = False, export: bool = True
 ) -> FitResult:
@@ -110,6 +122,7 @@ def fit(
     _setup_logging(run_dir)
     torch.manual_seed(cfg.seed + dist_utils.rank())
     split = load_split(cfg.data)
+    _require_test_images(split)
     data = RunData.from_split(split, cfg)
     log.info(
         "data: %d classes, %d training images, device %s, %d rank(s)",
