@@ -27,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.shared_data import shared_data_dir  # noqa: E402
 from oltr_contract.artifact import OUTPUT_NAMES  # noqa: E402
 from oltr_contract.scores import compute_score, is_known  # noqa: E402
-from service.enrol import spec_of  # noqa: E402
 from service.enrolment import Artifact, Example, embed, enrol, with_reference  # noqa: E402
 from service.preprocessing import PreprocessSpec, image_to_input  # noqa: E402
 from training.data.mnist import materialise_mnist, mnist_split_dir  # noqa: E402
@@ -159,7 +158,7 @@ def main() -> int:
 
     root, split = materialise_mnist(CACHE), mnist_split_dir(CACHE, 0)
     base = Artifact.read(args.model)
-    spec = spec_of(base)
+    spec = base.preprocess_spec
     train = read_list(split / "train.txt")
     pixels, _ = load([root / n for n, _ in train], spec)
     train_labels = np.array([lab for _, lab in train])
