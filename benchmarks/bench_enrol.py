@@ -179,10 +179,12 @@ def main() -> int:
     source_pixels, source_bytes = load(sources, spec)
     results: dict[str, object] = {"before": report(base, sets), "after": {}, "ncm": {}}
     rng = np.random.default_rng(0)
+    first_picks: dict[int, np.ndarray] = {}
     for shots in args.shots:
         rows, baseline = [], []
         for _ in range(args.draws):
             pick = rng.choice(len(sources), size=shots, replace=False)
+            first_picks.setdefault(shots, pick)
             examples = [Example.of(source_pixels[i], source_bytes[i]) for i in pick]
             rows.append(report(enrol(base, str(NEW), examples), sets))
             baseline.append(ncm_baseline(base, (pixels, train_labels), source_pixels[pick], sets))
@@ -190,8 +192,10 @@ def main() -> int:
             mean = {k: float(np.mean([r[k] for r in found])) for k in found[0]}
             results[key][str(shots)] = mean  # type: ignore[index]
             print(key, shots, json.dumps({k: round(v, 3) for k, v in mean.items()}), flush=True)
-    if args.retrain:
-        pick = rng.choice(len(sources), size=args.retrain, replace=False)
+    if args.retrain:  # the images of the first draw with as many examples
+        pick = first_picks.get(args.retrain)
+        if pick is None:
+            pick = rng.choice(len(sources), size=args.retrain, replace=False)
         names = [str(sources[i].relative_to(root)) for i in pick]
         upper = report(retrained(split, root, names, args.work), sets)
         results["retrained"] = {str(args.retrain): upper}
