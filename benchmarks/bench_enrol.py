@@ -27,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.shared_data import shared_data_dir  # noqa: E402
 from oltr_contract.artifact import OUTPUT_NAMES  # noqa: E402
 from oltr_contract.scores import compute_score, is_known  # noqa: E402
-from service.enrol import spec_of  # noqa: E402
 from service.enrolment import Artifact, Example, embed, enrol, with_reference  # noqa: E402
 from service.preprocessing import PreprocessSpec, image_to_input  # noqa: E402
 from training.data.mnist import materialise_mnist, mnist_split_dir  # noqa: E402
@@ -159,7 +158,7 @@ def main() -> int:
 
     root, split = materialise_mnist(CACHE), mnist_split_dir(CACHE, 0)
     base = Artifact.read(args.model)
-    spec = spec_of(base)
+    spec = base.preprocess_spec
     train = read_list(split / "train.txt")
     pixels, _ = load([root / n for n, _ in train], spec)
     train_labels = np.array([lab for _, lab in train])
@@ -180,10 +179,12 @@ def main() -> int:
     source_pixels, source_bytes = load(sources, spec)
     results: dict[str, object] = {"before": report(base, sets), "after": {}, "ncm": {}}
     rng = np.random.default_rng(0)
+    first_picks: dict[int, np.ndarray] = {}
     for shots in args.shots:
         rows, baseline = [], []
         for _ in range(args.draws):
             pick = rng.choice(len(sources), size=shots, replace=False)
+            first_picks.setdefault(shots, pick)
             examples = [Example.of(source_pixels[i], source_bytes[i]) for i in pick]
             rows.append(report(enrol(base, str(NEW), examples), sets))
             baseline.append(ncm_baseline(base, (pixels, train_labels), source_pixels[pick], sets))
@@ -191,8 +192,10 @@ def main() -> int:
             mean = {k: float(np.mean([r[k] for r in found])) for k in found[0]}
             results[key][str(shots)] = mean  # type: ignore[index]
             print(key, shots, json.dumps({k: round(v, 3) for k, v in mean.items()}), flush=True)
-    if args.retrain:
-        pick = rng.choice(len(sources), size=args.retrain, replace=False)
+    if args.retrain:  # the images of the first draw with as many examples
+        pick = first_picks.get(args.retrain)
+        if pick is None:
+            pick = rng.choice(len(sources), size=args.retrain, replace=False)
         names = [str(sources[i].relative_to(root)) for i in pick]
         upper = report(retrained(split, root, names, args.work), sets)
         results["retrained"] = {str(args.retrain): upper}

@@ -12,7 +12,6 @@ Images are decoded exactly as ``/classify`` decodes them (EXIF, RGB, resize, cen
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from service.card import parse_card
 from service.enrolment import Artifact, Example, enrol, remove, with_reference, write_model
 from service.errors import ServiceError
 from service.preprocessing import PreprocessSpec, image_to_input
@@ -40,10 +38,6 @@ def image_files(folder: Path) -> list[Path]:
     )
 
 
-def spec_of(artifact: Artifact) -> PreprocessSpec:
-    return PreprocessSpec.of(parse_card(json.dumps(artifact.card), "model card"))
-
-
 def read_examples(paths: Sequence[Path], spec: PreprocessSpec) -> list[Example]:
     """Decode ``paths``; a file that is no image stops with its name (nothing is written)."""
     examples = []
@@ -60,7 +54,7 @@ def _add(args: argparse.Namespace, artifact: Artifact) -> str:
     paths = image_files(args.images)
     if not paths:
         raise ValueError(f"no images in {args.images}")
-    new = enrol(artifact, args.name, read_examples(paths, spec_of(artifact)))
+    new = enrol(artifact, args.name, read_examples(paths, artifact.preprocess_spec))
     path = write_model(new, args.out)
     return f"enrolled {args.name!r} from {len(paths)} images: {path} (version {new.version})"
 
@@ -79,7 +73,7 @@ def _list(args: argparse.Namespace, artifact: Artifact) -> str:
 
 
 def _reference(args: argparse.Namespace, artifact: Artifact) -> str:
-    spec, names = spec_of(artifact), artifact.class_names
+    spec, names = artifact.preprocess_spec, artifact.class_names
     pixels: list[npt.NDArray[np.uint8]] = []
     labels: list[int] = []
     for index, name in enumerate(names[: artifact.base_classes]):

@@ -48,6 +48,7 @@ from service.head_surgery import (
     remove_class,
     trained_directions,
 )
+from service.preprocessing import PreprocessSpec
 
 MODEL_FILE = "model.onnx"
 CARD_FILE = "card.json"
@@ -100,6 +101,11 @@ class Artifact:
         """How many classes the model was trained with (the rest were enrolled)."""
         record = self.card.get("enrolment") or {}
         return int(record.get("base_classes", len(self.class_names)))
+
+    @property
+    def preprocess_spec(self) -> PreprocessSpec:
+        """How images are decoded for this model (the card's preprocessing)."""
+        return PreprocessSpec.of(parse_card(json.dumps(self.card), "model card"))
 
     def head(self) -> Head:
         try:

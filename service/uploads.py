@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from fastapi import Request
 from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
 
 from service.errors import BadRequest, MissingFile, TooManyFiles, UnsupportedMediaType
 
@@ -56,7 +56,13 @@ class Form:
 
 
 async def read_form(request: Request, *, max_files: int, max_fields: int) -> Form:
-    """Parse a multipart body (whole, to its closing boundary); 4xx domain errors otherwise."""
+    """Parse a multipart body (whole, to its closing boundary) or a URL-encoded form (text
+    fields only); 415 for any other body, 4xx domain errors for a malformed one."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type == "application/x-www-form-urlencoded":
+        return await _read_urlencoded(request, max_fields)
+    if media_type != "multipart/form-data":
+        raise UnsupportedMediaType("expected a multipart/form-data or URL-encoded form")
     parser = _CheckedMultiPartParser(
         request.headers,
         request.stream(),
@@ -86,6 +92,16 @@ async def read_form(request: Request, *, max_files: int, max_fields: int) -> For
         return Form(files, fields)
     finally:
         await form.close()
+
+
+async def _read_urlencoded(request: Request, max_fields: int) -> Form:
+    parsed = await FormParser(request.headers, request.stream()).parse()
+    texts: dict[str, list[str]] = {}
+    for key, value in parsed.multi_items():
+        texts.setdefault(key, []).append(str(value))
+    if sum(len(v) for v in texts.values()) > max_fields:
+        raise BadRequest(f"at most {max_fields} form fields")
+    return Form({}, texts)
 
 
 async def _read_multipart(request: Request, max_files: int) -> list[Upload]:

@@ -76,7 +76,7 @@ def base() -> Artifact:
 
 
 def _pixels(artifact: Artifact, data: list[bytes]) -> np.ndarray:
-    spec = enrol_cli.spec_of(artifact)
+    spec = artifact.preprocess_spec
     return np.stack([image_to_input(d, spec, max_pixels=10**7) for d in data])
 
 
@@ -219,4 +219,4 @@ def test_cli_refuses_a_bad_image_and_writes_nothing(tmp_path: Path, capsys) -> N
 
 
 def test_preprocess_spec_of_the_card(base: Artifact) -> None:
-    assert enrol_cli.spec_of(base) == PreprocessSpec(32, 32, "bilinear")
+    assert base.preprocess_spec == PreprocessSpec(32, 32, "bilinear")

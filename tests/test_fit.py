@@ -160,6 +160,11 @@ def test_cli_rejects_unknown_keys_by_name(capsys):
     assert "stage1.nonsense" in capsys.readouterr().err
 
 
+def test_cli_takes_overrides_after_options(tmp_path, capsys):
+    assert main(["--run-dir", str(tmp_path / "run"), "stage1.nonsense=3"]) == 2
+    assert "stage1.nonsense" in capsys.readouterr().err  # parsed as an override, then refused
+
+
 def test_cli_refuses_to_overwrite_a_run(tmp_path, capsys):
     (tmp_path / "config.yaml").write_text("name: x\n")
     assert main(["--run-dir", str(tmp_path)]) == 2
@@ -247,6 +252,16 @@ def test_export_cli_writes_a_servable_model_with_its_card(tiny_run, tmp_path):
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     outputs = session.run(None, {"image": np.zeros((2, 16, 16, 3), np.uint8)})
     assert outputs[0].shape == (2, 6)
+    # the export stores the imprint reference, so a class can be enrolled into it at once
+    from service.enrolment import Artifact, Example, enrol
+
+    reference = card["imprint_reference"]
+    assert len(reference["classifier_input_mean"]) > 0
+    assert 0 < reference["images"] <= 50 * 6  # at most 50 training images per class
+    pixels = np.random.default_rng(0).integers(0, 255, (3, 16, 16, 3), dtype=np.uint8)
+    examples = [Example.of(p, p.tobytes()) for p in pixels]
+    enrolled = enrol(Artifact.read(out / "model.onnx"), "new", examples)
+    assert enrolled.class_names[-1] == "new"
 
 
 @pytest.mark.parametrize("problem", ["missing", "no_checkpoint", "corrupt"])

@@ -92,7 +92,7 @@ def test_enrol_classify_remove(service) -> None:
         ("seven", [solid((1, 2, 3)), b"\x89PNG\r\n\x1a\n broken"], 400),
         (None, [solid((1, 2, 3))], 400),
         ("../../etc", [solid((1, 2, 3))], 422),
-        ("seven", [], 415),  # a form without files is not multipart
+        ("seven", [], 422),
         ("seven", [solid((1, 2, 3))] * 13, 413),
     ],
 )

@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import json
+import logging
+import random
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from oltr_contract.artifact import CARD_SCHEMA_VERSION, INPUT_LAYOUT
 from oltr_contract.scores import COMBINED, score_definition
+from service.enrolment import Artifact, with_reference, write_model
+from service.preprocessing import image_to_input
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from training.config import FitConfig
-from training.data import eval_preprocess_params
+from training.data import DataError, eval_preprocess_params, load_split
 from training.export import export_onnx
 from training.models import OLTRNet
+
+log = logging.getLogger(__name__)
+REFERENCE_PER_CLASS = 50
+"""Training images per class that the imprint reference (for enrolment) is computed from."""
+MAX_PIXELS = 40_000_000
 
 
 def build_card(cfg: FitConfig, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -66,10 +77,44 @@ def evaluation_summary(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def export_trained(model: OLTRNet, cfg: FitConfig, metrics: dict[str, Any], out: Path) -> Path:
-    """Export a trained stage-2 model with its card into ``out``; returns the ONNX path."""
-    return export_onnx(
+    """Export a trained stage-2 model with its card into ``out``; returns the ONNX path. A
+    float32 export also gets its imprint reference, so classes can be enrolled into it."""
+    path = export_onnx(
         model, out, build_card(cfg, metrics), opset=cfg.export.opset, fp16=cfg.export.fp16
     )
+    if cfg.export.fp16:
+        return path  # enrolment edits float32 constants only
+    try:
+        add_imprint_reference(path, load_split(cfg.data).train)
+    except (DataError, OSError) as err:
+        log.warning(
+            "exported without an imprint reference (the training images are not readable: "
+            "%s); add one before enrolling: python -m service.enrol reference",
+            err,
+        )
+    return path
+
+
+def add_imprint_reference(
+    model_path: Path, train: list[tuple[Path, int]], per_class: int = REFERENCE_PER_CLASS
+) -> None:
+    """Store the imprint reference of up to ``per_class`` training images per class (a fixed
+    sample, decoded as the service decodes) in the card of ``model_path`` (version unchanged)."""
+    artifact = Artifact.read(model_path)
+    spec = artifact.preprocess_spec
+    by_class: dict[int, list[Path]] = {}
+    for path, label in train:
+        by_class.setdefault(label, []).append(path)
+    sample = [
+        (path, label)
+        for label, paths in sorted(by_class.items())
+        for path in random.Random(label).sample(paths, min(per_class, len(paths)))
+    ]
+    pixels = np.stack(
+        [image_to_input(p.read_bytes(), spec, max_pixels=MAX_PIXELS) for p, _ in sample]
+    )
+    labels = np.array([label for _, label in sample], dtype=np.int64)
+    write_model(with_reference(artifact, pixels, labels), model_path.parent)
 
 
 def export_run(run_dir: Path, out: Path, *, fp16: bool | None = None) -> Path:

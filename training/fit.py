@@ -64,7 +64,7 @@ class FitResult:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
-    args = get_args_parser().parse_args(argv)
+    args = get_args_parser().parse_intermixed_args(argv)  # KEY=VALUE before or after options
     try:
         cfg, run_dir = _resolve(args)
     except (ConfigError, CheckpointError) as err:

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Request
 from service import metrics
 from service.admission import Deadline
 from service.enrolment import Artifact, Example, enrol, remove, write_version
-from service.errors import BadRequest, EnrolmentUnavailable, MissingFile, UnsupportedMediaType
+from service.errors import BadRequest, EnrolmentUnavailable, MissingFile
 from service.routes.admin import require_admin
 from service.schemas import ClassesResponse, ClassInfo, EnrolResponse, ErrorResponse
 from service.state import ServiceState, StateDep
@@ -66,8 +66,6 @@ async def list_classes(state: StateDep) -> ClassesResponse:
 async def add_class(request: Request, state: StateDep) -> EnrolResponse:
     folder = _enrol_dir(state)
     limit = state.settings.enrol_max_images
-    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
-        raise UnsupportedMediaType("enrolment takes a multipart/form-data body")
     form = await read_form(request, max_files=limit, max_fields=limit + 1)
     name = _one_name(form.fields.get(NAME_FIELD, []))
     uploads = form.files.get(FILE_FIELD, []) + _captured(state, form.fields.get(CAPTURE_FIELD, []))
