@@ -200,7 +200,10 @@ class CaptureStore:
 
     def remove(self, capture_id: str) -> bool:
         """Delete one capture (sidecar first); False when there is no such capture."""
-        path = self.path_of(capture_id) if CAPTURE_ID.match(capture_id) else None
+        try:
+            path: Path | None = self.path_of(capture_id)
+        except CaptureNotFound:
+            path = None
         with self._lock:
             if capture_id in self._index:
                 self._delete(capture_id)
