@@ -73,6 +73,12 @@ class CaptureDisabled(ServiceError):
     reason = None
 
 
+class CaptureUnavailable(ServiceError):
+    status = 503
+    code = "capture_unavailable"
+    reason = None
+
+
 class CaptureNotFound(ServiceError):
     status = 404
     code = "capture_not_found"
@@ -221,6 +227,10 @@ class CaptureStore:
             found = [(e.stat().st_mtime_ns, e.name, e) for e in self._sidecars()]
         except FileNotFoundError:
             return 0, []
+        except OSError as err:
+            raise CaptureUnavailable(
+                f"cannot read the capture folder {self.folder}: {err}"
+            ) from err
         found.sort(key=lambda t: (t[0], t[1]), reverse=True)
         items = []
         for _, _, entry in found[offset : offset + limit]:
