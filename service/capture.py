@@ -37,7 +37,7 @@ from PIL import Image
 
 from oltr_contract.atomic import atomic_file
 from service import metrics
-from service.errors import ServiceError
+from service.errors import CaptureNotFound, CaptureUnavailable
 from service.logs import REQUEST_ID
 
 log = logging.getLogger("oltr.service")
@@ -65,24 +65,6 @@ _EXTENSIONS = {"JPEG": "jpg", "TIFF": "tif", "MPO": "jpg"}
 _MAX_FILENAME = 255
 MAX_PENDING = 256
 MAX_PENDING_BYTES = 64 * 1024 * 1024
-
-
-class CaptureDisabled(ServiceError):
-    status = 404
-    code = "capture_disabled"
-    reason = None
-
-
-class CaptureUnavailable(ServiceError):
-    status = 503
-    code = "capture_unavailable"
-    reason = None
-
-
-class CaptureNotFound(ServiceError):
-    status = 404
-    code = "capture_not_found"
-    reason = None
 
 
 @dataclass(frozen=True)

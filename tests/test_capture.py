@@ -18,12 +18,12 @@ from prometheus_client import REGISTRY
 from service import metrics
 from service.capture import (
     FIELDS,
-    CaptureNotFound,
     CaptureRecord,
     CaptureStore,
     CaptureWriter,
     image_extension,
 )
+from service.errors import CaptureNotFound
 
 RECORD = CaptureRecord(
     filename="seven.png",

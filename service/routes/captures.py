@@ -11,8 +11,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import FileResponse
 
-from service.capture import CaptureDisabled, CaptureStore
+from service.capture import CaptureStore
 from service.discovery import discover
+from service.errors import CaptureDisabled
 from service.routes.admin import AUTH_ERRORS, require_admin
 from service.schemas import CaptureGroups, CaptureList, ErrorResponse
 from service.state import ServiceState, StateDep
