@@ -119,6 +119,13 @@ def candidate_files(folder: Path) -> list[Path]:
     return sorted(found)
 
 
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
 def _not_sidecar(name: str) -> bool:
     return not (name.endswith(SIDECAR) and CAPTURE_ID.match(name[: -len(SIDECAR)]))
 
@@ -231,10 +238,14 @@ def discover(
     min_group_size: int = MIN_GROUP_SIZE,
     batch_size: int = BATCH_SIZE,
     progress: bool = False,
+    max_images: int | None = None,
 ) -> Discovery:
-    """Embed every image below ``folder`` with ``model`` and group them."""
+    """Embed every image below ``folder`` (the ``max_images`` newest when given) with ``model``
+    and group them."""
     folder = Path(folder)
     files = candidate_files(folder)
+    if max_images is not None and len(files) > max_images:
+        files = sorted(sorted(files, key=_mtime)[-max_images:])
     embeddings, kept, skipped = embed_files(model, files, batch_size=batch_size, progress=progress)
     labels = cluster(
         embeddings,

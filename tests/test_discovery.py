@@ -4,6 +4,7 @@ on real MNIST digits 6-9, which the default model never saw (it knows 0-5)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -16,15 +17,18 @@ from PIL import Image
 from sklearn.metrics import adjusted_rand_score
 
 from service import discover as discover_cli
+from service.config import load_settings
 from service.discovery import (
     candidate_files,
     cluster,
+    discover,
     group_name,
     image_id,
     l2_normalise,
     median_distance,
     relabel,
 )
+from service.predictor import Predictor
 from training.data.folders import scan_class_folders
 
 PER_DIGIT = 40
@@ -186,3 +190,16 @@ def test_cli_refuses_bad_arguments(
     monkeypatch.chdir(tmp_path)
     assert discover_cli.main(args) == 2
     assert message in capsys.readouterr().err
+
+
+def test_max_images_takes_the_newest(tmp_path: Path) -> None:
+    if not DEFAULT_MODEL.is_file():
+        pytest.skip("needs the committed default model (models/default)")
+    for i, (data, _) in enumerate(mnist_digits(range(6), per_digit=1)):
+        path = tmp_path / f"{5 - i}.png"  # names sort the other way round from their age
+        path.write_bytes(data)
+        os.utime(path, ns=(i * 10**9, i * 10**9))
+    model = Predictor.load(DEFAULT_MODEL, load_settings(providers="cpu"))
+    found = discover(tmp_path, model, max_images=4)
+    assert [p.name for p in found.files] == ["0.png", "1.png", "2.png", "3.png"]
+    assert found.model_version == model.version and len(found.labels) == 4

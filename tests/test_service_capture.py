@@ -187,6 +187,8 @@ def test_an_unwritable_folder_never_fails_classify(tmp_path: Path) -> None:
         listing = client.get("/admin/captures", headers=AUTH)
         assert listing.status_code == 503, listing.text
         assert listing.json()["error"]["code"] == "capture_unavailable"
+        groups = client.get("/admin/captures/groups", headers=AUTH)
+        assert groups.status_code == 200 and groups.json()["groups"] == []
         logs = service.logs()
     assert "capture folder" in logs and "not usable" in logs  # said at start-up
     assert logs.count("capture failed (ENOTDIR)") == 1  # then once per kind of failure

@@ -21,6 +21,9 @@ from service.state import ServiceState, StateDep
 _DISABLED: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "Capture is off (capture_disabled)"}
 }
+GROUPS_MAX_IMAGES = 5000
+"""The groups route clusters the newest this many captures: average linkage keeps all pairwise
+distances in memory (5,000 images: about 100 MB); the CLI has no such limit."""
 router = APIRouter(
     prefix="/admin/captures",
     tags=["admin"],
@@ -48,12 +51,12 @@ async def list_captures(
 @router.get(
     "/groups",
     response_model=CaptureGroups,
-    summary="Group the captures into candidate new classes (embedding + clustering)",
+    summary="Group the newest 5,000 captures into candidate new classes (embedding + clustering)",
 )
 async def capture_groups(state: StateDep) -> dict[str, Any]:
     store = _store(state)
     predictor = state.require_predictor()
-    found = await asyncio.to_thread(discover, store.folder, predictor)
+    found = await asyncio.to_thread(discover, store.folder, predictor, max_images=GROUPS_MAX_IMAGES)
     return found.summary()
 
 
