@@ -35,7 +35,7 @@ from typing import Any
 
 from PIL import Image
 
-from oltr_contract.atomic import atomic_file
+from oltr_contract.atomic import write_bytes_atomic
 from service import metrics
 from service.errors import CaptureNotFound, CaptureUnavailable
 from service.logs import REQUEST_ID
@@ -127,8 +127,7 @@ class CaptureStore:
 
     def _open(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        with atomic_file(self.folder / ".write-probe") as handle:
-            handle.write(b"ok")
+        write_bytes_atomic(self.folder / ".write-probe", b"ok")
         (self.folder / ".write-probe").unlink()
         self._index.clear()
         for sidecar in sorted(self._sidecars(), key=lambda e: (e.stat().st_mtime_ns, e.name)):
@@ -163,11 +162,12 @@ class CaptureStore:
         with self._lock:
             if not self._opened:
                 self._open()
-            old = self._index.pop(capture_id, None)
+            old = self._index.get(capture_id)
             image = old.image if old else f"{capture_id}.{image_extension(data)}"
             if old is None or not (self.folder / image).is_file():
-                _write(self.folder / image, data)
-            _write(self.folder / f"{capture_id}{SIDECAR}", sidecar)
+                write_bytes_atomic(self.folder / image, data)
+            write_bytes_atomic(self.folder / f"{capture_id}{SIDECAR}", sidecar)
+            self._index.pop(capture_id, None)  # re-inserted last: the newest
             self._index[capture_id] = _Entry(image, len(data) + len(sidecar))
             self._bytes += len(data) + len(sidecar) - (old.size if old else 0)
             self._evict()
@@ -242,11 +242,6 @@ class CaptureStore:
             if path.suffix != SIDECAR:
                 return path
         return None
-
-
-def _write(path: Path, data: bytes) -> None:
-    with atomic_file(path) as handle:
-        handle.write(data)
 
 
 class CaptureWriter:
