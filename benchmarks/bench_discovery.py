@@ -8,8 +8,8 @@ method compared (the same functions ``python -m service.discover`` runs):
   under ``--photos-model`` (a photos-preset model trained on other classes; skipped without).
 
 For each grouping: adjusted Rand index against the true classes (images left ungrouped count as
-singletons), purity of the grouped images, share grouped, number of groups, and how many classes
-have a majority group of their own. Also the seconds to embed (decode + onnxruntime).
+singletons), purity of the grouped images, share grouped, number of groups, and how many
+different groups the classes' most common groups are. Also the seconds to embed (decode + onnxruntime).
 
     .venv/bin/python benchmarks/bench_discovery.py --per-class 200 --photos-model M/model.onnx
 """
@@ -94,7 +94,7 @@ def run_set(name: str, model_path: Path, folder: Path) -> list[str]:
     lines = [
         f"\n### {name}: {len(kept)} images ({len(set(truth))} classes), {len(skipped)} skipped, "
         f"embedded in {seconds:.1f} s ({len(kept) / seconds:.0f} images/s)\n",
-        "| grouping | ARI | purity | grouped | groups | classes with a group of their own |",
+        "| grouping | ARI | purity | grouped | groups | distinct majority groups |",
         "|---|---|---|---|---|---|",
     ]
     runs = [(f"average linkage, cut {c} × median", {"relative_cut": c}) for c in CUTS]
