@@ -9,7 +9,8 @@ method compared (the same functions ``python -m service.discover`` runs):
 
 For each grouping: adjusted Rand index against the true classes (images left ungrouped count as
 singletons), purity of the grouped images, share grouped, number of groups, and how many
-different groups the classes' most common groups are. Also the seconds to embed (decode + onnxruntime).
+different groups the classes' most common groups are. Also the seconds to embed (decode +
+onnxruntime).
 
     .venv/bin/python benchmarks/bench_discovery.py --per-class 200 --photos-model M/model.onnx
 """
