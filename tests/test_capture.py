@@ -23,6 +23,7 @@ from service.capture import (
     CaptureWriter,
     image_extension,
 )
+from service.config import SettingsError, load_settings
 from service.errors import CaptureNotFound
 
 RECORD = CaptureRecord(
@@ -245,3 +246,14 @@ def test_a_failing_folder_is_counted_and_logged_once(tmp_path: Path) -> None:
     assert _sample("oltr_captured_images_total", {"result": "failed"}) - before == 4
     errors = [m for m in records.messages if "capture failed" in m]
     assert len(errors) == 1 and "ENOTDIR" in errors[0]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("capture_sample_rate", 0), ("capture_sample_rate", 1.5), ("capture_max_bytes", 1000)],
+)
+def test_capture_settings_are_checked_by_name(field: str, value: float) -> None:
+    with pytest.raises(SettingsError, match=f"OLTR_{field.upper()}"):
+        load_settings(**{field: value})
+    assert load_settings(capture_dir="/tmp/x").capture_sample_rate == 1.0
+    assert load_settings().capture_dir is None  # off by default
