@@ -24,8 +24,6 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
-from sklearn.cluster import HDBSCAN, AgglomerativeClustering
-from sklearn.metrics import pairwise_distances
 from tqdm import tqdm
 
 from oltr_contract.artifact import INPUT_NAME
@@ -191,6 +189,8 @@ def cluster(
 ) -> np.ndarray:
     """Group labels 1..G (biggest group first) per row, 0 for rows in no group of at least
     ``min_group_size``."""
+    from sklearn.cluster import HDBSCAN, AgglomerativeClustering  # slow import: on first use
+
     n = len(embeddings)
     if n < max(2, min_group_size):
         return np.zeros(n, dtype=np.int64)
@@ -209,6 +209,8 @@ def cluster(
 def median_distance(embeddings: np.ndarray) -> float:
     """Median cosine distance between two different rows (from a fixed sample of at most
     :data:`MEDIAN_SAMPLE` rows); a tiny positive number when all rows are the same."""
+    from sklearn.metrics import pairwise_distances
+
     rows = embeddings
     if len(rows) > MEDIAN_SAMPLE:
         pick = np.random.default_rng(0).choice(len(rows), MEDIAN_SAMPLE, replace=False)
