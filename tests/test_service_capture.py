@@ -60,8 +60,9 @@ def captured(tmp_path_factory):
     if not is_default:
         pytest.skip("needs the committed default model (models/default)")
     folder = root / "captures"
+    env = _env(model, folder, OLTR_ENROL_DIR=str(root / "enrolled"))
     with (
-        running_service(_env(model, folder), root / "service.log") as service,
+        running_service(env, root / "service.log") as service,
         httpx.Client(base_url=service.url, timeout=60) as client,
     ):
         known = _post(client, mnist_digits(range(6), per_digit=2))  # card threshold
@@ -149,6 +150,26 @@ def test_groups_cover_every_capture(captured) -> None:
     sizes = [g["size"] for g in doc["groups"]]
     assert sizes == sorted(sizes, reverse=True) and all(s >= 3 for s in sizes)
     assert len(doc["groups"]) >= 2  # 40 new digits of four kinds are not one blob
+
+
+def _form(name: str, capture_ids: list[str]) -> list[tuple[str, tuple[None, str]]]:
+    """Multipart text fields: the class name and capture ids (no file parts)."""
+    return [("name", (None, name))] + [("capture", (None, i)) for i in capture_ids]
+
+
+def test_enrolment_takes_capture_ids(captured) -> None:
+    """Last in this module: it changes the serving model. Captured 6s become class "six"."""
+    client, _, _, _ = captured
+    items = client.get("/admin/captures", params={"limit": 1000}, headers=AUTH).json()["items"]
+    sixes = [it["id"] for it in items if it["filename"].startswith("digit-6-")][:5]
+    assert len(sixes) == 5
+    for bad in ("f" * 64, "../" + sixes[0]):
+        r = client.post("/admin/classes", files=_form("six", [sixes[0], bad]), headers=AUTH)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "capture_not_found", r.text
+    r = client.post("/admin/classes", files=_form("six", sixes), headers=AUTH)
+    assert r.status_code == 201, r.text
+    assert r.json()["name"] == "six" and r.json()["examples"] == 5
+    assert "six" in client.get("/v1/model").json()["class_names"]
 
 
 def test_sampling_keeps_about_the_rate(tmp_path: Path) -> None:
