@@ -18,7 +18,7 @@ from service.config import Settings, SettingsError, load_settings
 from service.errors import install_handlers
 from service.logs import configure_logging
 from service.middleware import RequestContextMiddleware
-from service.routes import admin, classes, classify, health, model, ui, v2
+from service.routes import admin, captures, classes, classify, health, model, ui, v2
 from service.state import ServiceState
 
 log = logging.getLogger("oltr.service")
@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.admin_token is not None:
         app.include_router(admin.router)
         app.include_router(classes.router)
+        app.include_router(captures.router)
     if settings.ui:
         app.include_router(ui.router)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_upload_bytes)

@@ -87,6 +87,17 @@ class Settings(BaseSettings):
     warmup_runs: int = Field(2, ge=1)
     warmup_min_s: float = Field(0.0, ge=0)
     """Keep running warm-up batches for at least this long before reporting ready."""
+    capture_dir: Path | None = None
+    """Keep the images flagged unknown in this folder (off when unset: they are user data):
+    ``<sha256>.<ext>`` (the bytes as sent) plus a ``<sha256>.json`` sidecar, written in the
+    background; a folder that cannot be written never fails /classify (logged, counted as
+    ``oltr_captured_images_total{result="failed"}``). One folder per service process."""
+    capture_sample_rate: float = Field(1.0, gt=0, le=1)
+    """Share of the unknown images kept (0 < r <= 1), drawn independently per image."""
+    capture_max_bytes: int = Field(1024**3, ge=1024 * 1024)
+    """Size cap of the capture folder (images + sidecars). Over it the OLDEST captures are
+    deleted (``oltr_capture_evicted_images_total``): the newest unknowns matter most when
+    looking for what is new, and capture never stops silently."""
     admin_token: SecretStr | None = None
     """Bearer token for /admin/*; when unset the admin routes do not exist."""
     enrol_dir: Path | None = None

@@ -82,6 +82,30 @@ class ModelNotFound(ServiceError):
     reason = "bad_request"
 
 
+class CaptureDisabled(ServiceError):
+    """A capture route while OLTR_CAPTURE_DIR is unset."""
+
+    status = 404
+    code = "capture_disabled"
+    reason = None
+
+
+class CaptureNotFound(ServiceError):
+    """No capture with that id (or an id that is not 64 lower-case hex digits)."""
+
+    status = 404
+    code = "capture_not_found"
+    reason = None
+
+
+class CaptureUnavailable(ServiceError):
+    """The capture folder cannot be read."""
+
+    status = 503
+    code = "capture_unavailable"
+    reason = None
+
+
 class QueueFull(ServiceError):
     status = 503
     code = reason = "queue_full"

@@ -79,6 +79,18 @@ ENROLMENTS = Counter(
 )
 ENROLLED_CLASSES = Gauge("oltr_enrolled_classes", "Enrolled classes in the serving model")
 UNKNOWN_THRESHOLD = Gauge("oltr_unknown_threshold", "Threshold of the unknown score in use")
+CAPTURED = Counter(
+    "oltr_captured_images",
+    "Unknown images offered to capture (OLTR_CAPTURE_DIR), by result: kept, sampled_out "
+    "(OLTR_CAPTURE_SAMPLE_RATE) or failed (folder not writable, disk full, writer queue full)",
+    ["result"],
+)
+CAPTURE_RESULTS = ("kept", "sampled_out", "failed")
+CAPTURE_EVICTED = Counter(
+    "oltr_capture_evicted_images",
+    "Captures deleted, oldest first, to keep the folder under OLTR_CAPTURE_MAX_BYTES",
+)
+CAPTURE_BYTES = Gauge("oltr_capture_bytes", "Bytes in the capture folder (images + sidecars)")
 
 
 # Every outcome and reason exists at 0 from start-up: rate() cannot see the first increments of a
@@ -87,6 +99,8 @@ for _outcome in ("known", "unknown"):
     IMAGES.labels(outcome=_outcome)
 for _reason in REJECT_REASONS:
     REJECTED.labels(reason=_reason)
+for _result in CAPTURE_RESULTS:
+    CAPTURED.labels(result=_result)
 for _action in ("add", "remove"):
     ENROLMENTS.labels(action=_action)
 

@@ -8,9 +8,17 @@ back; everything between happens here, once.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
 from service import metrics
 from service.admission import Deadline
+from service.capture import CaptureRecord, CaptureWriter
+from service.logs import REQUEST_ID
+from service.open_set import OpenSetPolicy
 from service.postprocess import to_prediction
+from service.predictor import Predictor
 from service.schemas import ClassifyResponse, Prediction
 from service.state import ServiceState
 from service.uploads import Upload
@@ -44,6 +52,8 @@ async def classify_uploads(
         )
     ]
     _record(predictions)
+    if state.capture_writer is not None:
+        _capture(state.capture_writer, uploads, predictions, rows, policy, predictor)
     return ClassifyResponse(
         model_version=predictor.version,
         unknown_score=policy.score,
@@ -59,3 +69,32 @@ def _record(predictions: list[Prediction]) -> None:
         metrics.PREDICTIONS.labels(label=p.label).inc()
         metrics.REACHABILITY.observe(p.reachability)
         metrics.CONFIDENCE.observe(p.confidence)
+
+
+def _capture(
+    writer: CaptureWriter,
+    uploads: Sequence[Upload],
+    predictions: Sequence[Prediction],
+    rows: Sequence[Mapping[str, np.ndarray]],
+    policy: OpenSetPolicy,
+    predictor: Predictor,
+) -> None:
+    """Offer every image flagged unknown to capture (sampling and writing happen there)."""
+    request_id = REQUEST_ID.get()
+    for upload, p, row in zip(uploads, predictions, rows, strict=True):
+        if not p.unknown:
+            continue
+        record = CaptureRecord(
+            filename=upload.filename,
+            content_type=upload.content_type,
+            label=p.label,
+            confidence=p.confidence,
+            reachability=p.reachability,
+            score=p.score,
+            unknown_score=policy.score,
+            threshold=policy.threshold,
+            nearest_class=predictor.class_names[int(row["nearest_class"])],
+            model_version=predictor.version,
+            request_id=request_id,
+        )
+        writer.offer(upload.data, record)

@@ -194,3 +194,38 @@ class EnrolResponse(BaseModel):
     previous_version: str = Field(description="Version the new model was derived from.")
     path: str = Field(description="Model file serving now, in OLTR_ENROL_DIR.")
     examples: int | None = Field(None, description="Images the class was learnt from.")
+
+
+class CaptureInfo(BaseModel):
+    """A capture's sidecar (``OLTR_CAPTURE_DIR/<id>.json``)."""
+
+    id: str = Field(description="sha256 of the image bytes; the image is GET /admin/captures/{id}.")
+    received: str = Field(description="When it was classified (last time, ISO 8601 UTC).")
+    filename: str | None = Field(description="Uploaded file name (null for a raw body).")
+    content_type: str | None = Field(description="Content-Type the client declared.")
+    label: str = Field(description="Most probable known class.")
+    confidence: float = Field(description="Its softmax probability.")
+    reachability: float = Field(description="OLTR reachability (higher = more known).")
+    score: float = Field(description="The unknown score's value.")
+    unknown_score: ScoreName = Field(description="Which score decided `unknown`.")
+    threshold: float = Field(description="Threshold it was compared with.")
+    nearest_class: str = Field(description="Class whose centroid is nearest the image.")
+    model_version: str = Field(description="Model that flagged it unknown.")
+    request_id: str = Field(description="Request that sent it (X-Request-ID, logs).")
+
+
+class CaptureList(BaseModel):
+    total: int = Field(description="Captures in the folder.")
+    items: list[CaptureInfo] = Field(description="This page, newest first.")
+
+
+class CaptureGroup(BaseModel):
+    group: int = Field(ge=1, description="Group number, 1 = the biggest.")
+    size: int = Field(ge=1, description="Images in the group.")
+    ids: list[str] = Field(description="Capture ids of its images.")
+
+
+class CaptureGroups(BaseModel):
+    model_version: str = Field(description="Model whose embedding grouped the captures.")
+    groups: list[CaptureGroup] = Field(description="Candidate new classes, biggest first.")
+    ungrouped: list[str] = Field(description="Capture ids in no group big enough.")

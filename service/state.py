@@ -21,6 +21,7 @@ from fastapi import Depends, Request
 from service import metrics
 from service.admission import Admission
 from service.batching import MicroBatcher
+from service.capture import CaptureStore, CaptureWriter
 from service.config import Settings
 from service.enrolment import latest_version
 from service.errors import ModelLoadError, ModelNotReady
@@ -46,6 +47,11 @@ class ServiceState:
             max_queue=settings.max_queue,
         )
         self.admission = Admission(settings, self.batcher)  # decoding has its own threads
+        self.captures: CaptureStore | None = None
+        self.capture_writer: CaptureWriter | None = None
+        if settings.capture_dir is not None:
+            self.captures = CaptureStore(settings.capture_dir, max_bytes=settings.capture_max_bytes)
+            self.capture_writer = CaptureWriter(self.captures, settings.capture_sample_rate)
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="oltr-load")
         self._reload_lock = asyncio.Lock()
         self.enrol_lock = asyncio.Lock()
@@ -56,6 +62,7 @@ class ServiceState:
     async def start(self) -> None:
         """Load and check the model (errors are fatal), then finish warming up in background."""
         s = self.settings
+        await self._open_captures()
         predictor = await self.in_thread(Predictor.load, self.startup_model_path(), s)
         check_policy(s, predictor.card, predictor.path)
         await self.in_thread(predictor.warm_up, s.max_batch_size, 1)
@@ -71,6 +78,30 @@ class ServiceState:
         if latest is not None:
             log.info("serving the latest enrolled version: %s", latest)
         return latest or s.model_path
+
+    async def _open_captures(self) -> None:
+        """Check the capture folder. A bad one does not stop the service: every capture then
+        fails (counted) until the folder becomes writable."""
+        if self.captures is None:
+            return
+        s = self.settings
+        try:
+            await self.in_thread(self.captures.open)
+        except OSError as err:
+            log.error(
+                "capture folder %s is not usable (%s): unknown images will not be kept, "
+                "each failure is counted",
+                s.capture_dir,
+                err,
+            )
+            return
+        log.info(
+            "capturing unknown images into %s (sample rate %g, cap %d bytes, %d bytes there)",
+            s.capture_dir,
+            s.capture_sample_rate,
+            s.capture_max_bytes,
+            self.captures.total_bytes,
+        )
 
     async def _finish_warmup(self, predictor: Predictor) -> None:
         s = self.settings
@@ -100,6 +131,8 @@ class ServiceState:
         await self.batcher.close()
         log.info("shutdown: batcher drained (%d images were still queued)", pending)
         self.admission.close()
+        if self.capture_writer is not None:
+            await self.in_thread(self.capture_writer.close)
         self._pool.shutdown(wait=True)
 
     @property

@@ -22,6 +22,8 @@ MAX_TEXT_FIELD_BYTES = 64 * 1024
 class Upload:
     filename: str | None
     data: bytes
+    content_type: str | None = None
+    """As the client declared it (the part's or the raw body's Content-Type), unchecked."""
 
 
 async def read_uploads(request: Request, *, max_files: int) -> list[Upload]:
@@ -30,7 +32,7 @@ async def read_uploads(request: Request, *, max_files: int) -> list[Upload]:
     if media_type == "multipart/form-data":
         return await _read_multipart(request, max_files)
     if media_type.startswith("image/"):
-        return [Upload(None, await request.body())]
+        return [Upload(None, await request.body(), media_type)]
     raise UnsupportedMediaType(
         f"Content-Type {media_type or '(missing)'} is not supported: send multipart/form-data "
         f"with one or more {FIELD!r} file fields, or one image as a raw image/* body"
@@ -86,7 +88,9 @@ async def read_form(request: Request, *, max_files: int, max_fields: int) -> For
         fields: dict[str, list[str]] = {}
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):
-                files.setdefault(key, []).append(Upload(value.filename, await value.read()))
+                files.setdefault(key, []).append(
+                    Upload(value.filename, await value.read(), value.content_type)
+                )
             else:
                 fields.setdefault(key, []).append(value)
         return Form(files, fields)

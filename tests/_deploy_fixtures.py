@@ -28,6 +28,9 @@ CONTRACT_COUNTERS = (
     "oltr_images_classified",
     "oltr_predictions",
     "oltr_rejected_requests",
+    "oltr_captured_images",
+    "oltr_capture_evicted_images",
+    "oltr_enrolments",
 )
 CONTRACT_HISTOGRAMS = (
     "oltr_request_duration_seconds",
@@ -42,6 +45,8 @@ CONTRACT_GAUGES = (
     "oltr_model_info",
     "oltr_provider_fallback",
     "oltr_unknown_threshold",
+    "oltr_capture_bytes",
+    "oltr_enrolled_classes",
 )
 PROMETHEUS_SERIES = ("up",)  # written by Prometheus itself for every target
 

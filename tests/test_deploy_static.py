@@ -138,7 +138,8 @@ def test_dashboard_json_uses_only_contract_metrics() -> None:
 
 
 def test_dashboard_covers_the_required_views() -> None:
-    """Unknown rate, reachability, request rate, latency quantiles, batch size, errors, provider."""
+    """Unknown rate, reachability, request rate, latency quantiles, batch size, errors, provider,
+    captures and enrolments."""
     exprs = " ".join(expr for path in DASHBOARDS for _, expr in dashboard_exprs(path))
     for needle in (
         "oltr:unknown_rate:ratio_rate5m",
@@ -151,6 +152,10 @@ def test_dashboard_covers_the_required_views() -> None:
         "oltr_rejected_requests_total",
         "oltr_model_info",
         "oltr_provider_fallback",
+        "oltr_captured_images_total",
+        "oltr_capture_bytes",
+        "oltr_enrolments_total",
+        "oltr_enrolled_classes",
     ):
         assert needle in exprs, f"no dashboard panel queries {needle}"
 

@@ -216,3 +216,16 @@ def test_secrets_in_query_strings_never_reach_the_log(admin):
     logs = service.logs()
     assert TOKEN not in logs and "query-secret-42" not in logs
     assert "token=***" in logs and "api_key=***&top_k=2" in logs
+
+
+def test_capture_routes_say_capture_is_off(admin):
+    """Without OLTR_CAPTURE_DIR nothing is kept and the capture routes answer 404."""
+    client, _, _, service = admin
+    r = client.post("/classify", params={"threshold": 1000.0}, **_digit())
+    assert r.status_code == 200 and r.json()["predictions"][0]["unknown"]
+    for url in ("/admin/captures", "/admin/captures/groups", "/admin/captures/" + "a" * 64):
+        r = client.get(url, headers=AUTH)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "capture_disabled", url
+    text = client.get("/metrics").text
+    assert metric_value(text, "oltr_captured_images_total") == 0
+    assert "capturing unknown images" not in service.logs()

@@ -31,12 +31,12 @@ def require_admin(request: Request, state: StateDep) -> None:
         raise Forbidden("admin token rejected")
 
 
-_AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "No bearer token"},
     403: {"model": ErrorResponse, "description": "Wrong token"},
 }
 router = APIRouter(
-    prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)], responses=_AUTH_ERRORS
+    prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)], responses=AUTH_ERRORS
 )
 
 

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Request
 from service import metrics
 from service.admission import Deadline
 from service.enrolment import Artifact, Example, enrol, remove, write_version
-from service.errors import BadRequest, EnrolmentUnavailable, MissingFile
+from service.errors import BadRequest, CaptureDisabled, EnrolmentUnavailable, MissingFile
 from service.routes.admin import require_admin
 from service.schemas import ClassesResponse, ClassInfo, EnrolResponse, ErrorResponse
 from service.state import ServiceState, StateDep
@@ -114,10 +114,13 @@ def _one_name(values: list[str]) -> str:
 
 
 def _captured(state: ServiceState, ids: list[str]) -> list[Upload]:
-    """Uploads for capture ids (none yet: capture lands separately)."""
-    if ids:
-        raise BadRequest("enrolling from captures needs OLTR_CAPTURE_DIR")
-    return []
+    """Uploads for capture ids: the captured bytes (404 for an id that is not a capture)."""
+    if not ids:
+        return []
+    if state.captures is None:
+        raise CaptureDisabled("enrolling from captures needs OLTR_CAPTURE_DIR")
+    paths = [state.captures.path_of(capture_id.strip()) for capture_id in ids]
+    return [Upload(path.name, path.read_bytes()) for path in paths]
 
 
 async def _examples(state: ServiceState, uploads: list[Upload]) -> list[Example]:
