@@ -220,3 +220,52 @@ def test_cli_refuses_a_bad_image_and_writes_nothing(tmp_path: Path, capsys) -> N
 
 def test_preprocess_spec_of_the_card(base: Artifact) -> None:
     assert base.preprocess_spec == PreprocessSpec(32, 32, "bilinear")
+
+
+# -- the photos preset's head: cosine reachability, no memory ----------------------------------
+
+
+def test_a_cosine_head_without_memory_takes_a_class(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from training.config import ModelConfig
+    from training.export import export_onnx
+    from training.models import build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(reach_metric="cosine", memory=False, attention=False, fc_add=False)
+    net = build_model(cfg, num_classes=3, input_size=32, stage="oltr").eval()
+    with torch.no_grad():
+        net.head.centroids.uniform_(0, 1)
+    card = {
+        "class_names": ["a", "b", "c"],
+        "input_size": 32,
+        "preprocess": {"resize_shorter": 32, "crop": 32},
+        "unknown_score": {"name": "reachability"},
+        "threshold": 1.0,
+        "training_config": {"model": cfg.model_dump(mode="json")},
+    }
+    path = export_onnx(net, tmp_path, card)
+    base = Artifact.read(path)
+    head = locate_head(base.proto, 3)
+    assert {s.role for s in head.slots} == {"distance_centroids", "classifier"}
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (12, 32, 32, 3), dtype=np.uint8)
+    base.card[REFERENCE_KEY] = {"classifier_input_mean": [0.0] * 512}
+    examples = [Example.of(p, p.tobytes()) for p in pixels[:4]]
+    new = enrol(base, "d", examples)
+    before, after = _run(base, pixels), _run(new, pixels)
+    near = after["nearest_class"] == 3
+    np.testing.assert_allclose(after["logits"][~near, :3], before["logits"][~near], rtol=1e-5)
+    np.testing.assert_allclose(after["distance"][~near], before["distance"][~near], rtol=1e-6)
+    # cosine distance of the examples to the new (unit) centroid, by hand from the embeddings
+    emb = after["embedding"][:4]
+    centre = emb.mean(0) / np.linalg.norm(emb.mean(0))
+    by_hand = 1 - (emb / np.linalg.norm(emb, axis=1, keepdims=True)) @ centre
+    won = after["nearest_class"][:4] == 3
+    assert won.any()
+    np.testing.assert_allclose(
+        after["distance"][:4][won], np.maximum(by_hand, 1e-6)[won], atol=1e-5
+    )
+    assert np.all(after["distance"][:4] <= np.maximum(by_hand, 1e-6) + 1e-5)
+    back = remove(new, "d")
+    np.testing.assert_array_equal(_run(back, pixels)["logits"], before["logits"])
