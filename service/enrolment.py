@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,10 +56,29 @@ CARD_FILE = "card.json"
 LATEST_FILE = "LATEST"
 CLASS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
 ENROLLED_GROUP = "enrolled"
+ENROLMENT_KEY = "enrolment"
+"""Card key of the enrolment record: base class count and, per enrolled class, its examples."""
 REFERENCE_KEY = "imprint_reference"
 """Card key: the class-balanced mean of the unit classifier inputs over the training images,
 which enrolment centres new classes on (:func:`service.head_surgery.imprint`)."""
 BATCH = 32
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    """What a card's ``enrolment`` record says: how many classes were trained (the first
+    ``base_classes``) and, per enrolled class name, how many images it was learnt from."""
+
+    base_classes: int
+    examples: dict[str, int]
+
+    @classmethod
+    def of(cls, record: Mapping[str, Any] | None, num_classes: int) -> Enrolled:
+        record = record or {}
+        return cls(
+            int(record.get("base_classes", num_classes)),
+            {c["name"]: len(c["examples"]) for c in record.get("classes", [])},
+        )
 
 
 @dataclass(frozen=True)
@@ -99,8 +119,7 @@ class Artifact:
     @property
     def base_classes(self) -> int:
         """How many classes the model was trained with (the rest were enrolled)."""
-        record = self.card.get("enrolment") or {}
-        return int(record.get("base_classes", len(self.class_names)))
+        return Enrolled.of(self.card.get(ENROLMENT_KEY), len(self.class_names)).base_classes
 
     @property
     def preprocess_spec(self) -> PreprocessSpec:
@@ -205,7 +224,7 @@ def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 def _card_with_class(artifact: Artifact, name: str, hashes: list[str]) -> dict[str, Any]:
     card = dict(artifact.card)
-    record = dict(card.get("enrolment") or {"base_classes": len(artifact.class_names)})
+    record = dict(card.get(ENROLMENT_KEY) or {"base_classes": len(artifact.class_names)})
     record["classes"] = [
         *record.get("classes", []),
         {
@@ -215,7 +234,7 @@ def _card_with_class(artifact: Artifact, name: str, hashes: list[str]) -> dict[s
             "enrolled_at": datetime.now(UTC).isoformat(timespec="seconds"),
         },
     ]
-    card["enrolment"] = record
+    card[ENROLMENT_KEY] = record
     card["class_names"] = [*artifact.class_names, name]
     for key, value in (("train_counts", len(hashes)), ("shot_groups", ENROLLED_GROUP)):
         if card.get(key) is not None:
@@ -229,12 +248,12 @@ def _card_without_class(artifact: Artifact, index: int) -> dict[str, Any]:
     for key in ("class_names", "train_counts", "shot_groups"):
         if card.get(key) is not None:
             card[key] = [v for i, v in enumerate(card[key]) if i != index]
-    record = dict(card["enrolment"])
+    record = dict(card[ENROLMENT_KEY])
     record["classes"] = [c for c in record.get("classes", []) if c["name"] != name]
     if record["classes"]:
-        card["enrolment"] = record
+        card[ENROLMENT_KEY] = record
     else:
-        del card["enrolment"]
+        del card[ENROLMENT_KEY]
     return card
 
 

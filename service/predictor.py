@@ -20,6 +20,7 @@ import onnxruntime as ort
 from oltr_contract.artifact import CARD_KEY, INPUT_NAME, OUTPUT_NAMES
 from service.card import ModelCard, parse_card
 from service.config import Settings, provider_list
+from service.enrolment import ENROLMENT_KEY, Enrolled
 from service.errors import ModelLoadError
 from service.preprocessing import PreprocessSpec
 
@@ -107,10 +108,10 @@ class Predictor:
         return self.card.class_names
 
     @property
-    def enrolled_classes(self) -> int:
-        """How many of the classes were added by enrolment (the card's ``enrolment`` record)."""
-        record = (self.card.model_extra or {}).get("enrolment") or {}
-        return len(record.get("classes", []))
+    def enrolled(self) -> Enrolled:
+        """Which classes were added by enrolment (the card's ``enrolment`` record)."""
+        record = (self.card.model_extra or {}).get(ENROLMENT_KEY)
+        return Enrolled.of(record, len(self.class_names))
 
     @property
     def input_size(self) -> int:

@@ -179,7 +179,7 @@ class ServiceState:
             ",".join(choice.requested),
             choice.fallback,
             predictor.class_names,
-            predictor.enrolled_classes,
+            len(predictor.enrolled.examples),
         )
         metrics.UNKNOWN_THRESHOLD.set(self.policy(predictor=predictor).threshold)
 

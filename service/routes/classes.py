@@ -17,15 +17,14 @@ from service import metrics
 from service.admission import Deadline
 from service.enrolment import Artifact, Example, enrol, remove, write_version
 from service.errors import BadRequest, CaptureDisabled, EnrolmentUnavailable, MissingFile
-from service.routes.admin import require_admin
+from service.routes.admin import AUTH_ERRORS, require_admin
 from service.schemas import ClassesResponse, ClassInfo, EnrolResponse, ErrorResponse
 from service.state import ServiceState, StateDep
 from service.uploads import Upload, read_form
 
 NAME_FIELD, FILE_FIELD, CAPTURE_FIELD = "name", "file", "capture"
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorResponse, "description": "No bearer token"},
-    403: {"model": ErrorResponse, "description": "Wrong token"},
+    **AUTH_ERRORS,
     409: {"model": ErrorResponse, "description": "Name taken, trained class, or enrolment off"},
 }
 router = APIRouter(
@@ -45,13 +44,16 @@ def _enrol_dir(state: ServiceState) -> Path:
 @router.get("", response_model=ClassesResponse, summary="The serving model's classes")
 async def list_classes(state: StateDep) -> ClassesResponse:
     predictor = state.require_loaded()
-    record = predictor.card.model_extra.get("enrolment") if predictor.card.model_extra else None
-    counts = {c["name"]: len(c["examples"]) for c in (record or {}).get("classes", [])}
-    base = int((record or {}).get("base_classes", len(predictor.class_names)))
+    enrolled = predictor.enrolled
     return ClassesResponse(
         model_version=predictor.version,
         classes=[
-            ClassInfo(name=n, index=i, enrolled=i >= base, examples=counts.get(n))
+            ClassInfo(
+                name=n,
+                index=i,
+                enrolled=i >= enrolled.base_classes,
+                examples=enrolled.examples.get(n),
+            )
             for i, n in enumerate(predictor.class_names)
         ],
     )
