@@ -27,12 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.shared_data import shared_data_dir  # noqa: E402
 from oltr_contract.artifact import OUTPUT_NAMES  # noqa: E402
 from oltr_contract.scores import compute_score, is_known  # noqa: E402
+from service.config import DEFAULT_MAX_IMAGE_PIXELS  # noqa: E402
 from service.enrolment import Artifact, Example, embed, enrol, with_reference  # noqa: E402
 from service.preprocessing import PreprocessSpec, image_to_input  # noqa: E402
 from training.data.mnist import materialise_mnist, mnist_split_dir  # noqa: E402
 
 CACHE = Path.home() / ".cache" / "oltr"
-MAX_PIXELS = 40_000_000
 NEW = 6
 
 
@@ -43,7 +43,9 @@ def read_list(path: Path) -> list[tuple[str, int]]:
 
 def load(paths: list[Path], spec: PreprocessSpec) -> tuple[np.ndarray, list[bytes]]:
     data = [p.read_bytes() for p in paths]
-    return np.stack([image_to_input(d, spec, max_pixels=MAX_PIXELS) for d in data]), data
+    return np.stack(
+        [image_to_input(d, spec, max_pixels=DEFAULT_MAX_IMAGE_PIXELS) for d in data]
+    ), data
 
 
 def photos(spec: PreprocessSpec, n: int = 400) -> np.ndarray:
@@ -53,7 +55,7 @@ def photos(spec: PreprocessSpec, n: int = 400) -> np.ndarray:
         for member in tar:
             if member.isfile() and member.name.lower().endswith((".jpeg", ".jpg")):
                 data = tar.extractfile(member).read()  # type: ignore[union-attr]
-                out.append(image_to_input(data, spec, max_pixels=MAX_PIXELS))
+                out.append(image_to_input(data, spec, max_pixels=DEFAULT_MAX_IMAGE_PIXELS))
                 if len(out) == n:
                     break
     return np.stack(out)

@@ -17,6 +17,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from oltr_contract.scores import ScoreName
 
 ENV_PREFIX = "OLTR_"
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+"""The service's per-image pixel limit, also used by the offline tools (discover, enrol, the
+export's imprint reference) that decode images as the service does."""
 KNOWN_PROVIDERS = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",
@@ -60,7 +63,7 @@ class Settings(BaseSettings):
     """Images waiting for inference; beyond it requests get 503 with Retry-After."""
     max_upload_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     """Largest request body (all files together), enforced while reading."""
-    max_image_pixels: int = Field(40_000_000, ge=1)
+    max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, ge=1)
     """Largest width x height accepted, checked from the header before decoding."""
     max_files: int = Field(16, ge=1)
     max_request_pixels: int = Field(48_000_000, ge=1)

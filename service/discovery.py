@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from oltr_contract.artifact import INPUT_NAME
 from service.capture import CAPTURE_ID, SIDECAR
+from service.config import DEFAULT_MAX_IMAGE_PIXELS
 from service.errors import ServiceError
 from service.pixels import to_rgb
 from service.preprocessing import PreprocessSpec, decode, image_to_input
@@ -40,7 +41,6 @@ under a Lite0 photos model)."""
 MEDIAN_SAMPLE = 2000
 MIN_GROUP_SIZE = 3
 BATCH_SIZE = 64
-MAX_PIXELS = 40_000_000
 THUMB = 96
 SHEET_COLUMNS = 10
 SHEET_MAX_IMAGES = 100
@@ -131,7 +131,7 @@ def _not_sidecar(name: str) -> bool:
 def _load(path: Path, spec: PreprocessSpec) -> np.ndarray | str:
     """The model input of one file, or the reason it cannot be one."""
     try:
-        return image_to_input(path.read_bytes(), spec, max_pixels=MAX_PIXELS)
+        return image_to_input(path.read_bytes(), spec, max_pixels=DEFAULT_MAX_IMAGE_PIXELS)
     except ServiceError as err:
         return err.message
     except OSError as err:
@@ -305,7 +305,7 @@ def contact_sheet(files: Sequence[Path], title: str) -> Image.Image:
     ImageDraw.Draw(sheet).text((4, 4), title + more, fill="black")
     for i, path in enumerate(shown):
         thumb = ImageOps.contain(
-            to_rgb(decode(path.read_bytes(), max_pixels=MAX_PIXELS)), (THUMB, THUMB)
+            to_rgb(decode(path.read_bytes(), max_pixels=DEFAULT_MAX_IMAGE_PIXELS)), (THUMB, THUMB)
         )
         x, y = (i % columns) * THUMB, header + (i // columns) * THUMB
         sheet.paste(thumb, (x + (THUMB - thumb.width) // 2, y + (THUMB - thumb.height) // 2))

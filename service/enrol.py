@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from service.config import DEFAULT_MAX_IMAGE_PIXELS
 from service.enrolment import Artifact, Example, enrol, remove, with_reference, write_model
 from service.errors import ServiceError
 from service.preprocessing import PreprocessSpec, image_to_input
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-MAX_PIXELS = 40_000_000
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -44,7 +44,9 @@ def read_examples(paths: Sequence[Path], spec: PreprocessSpec) -> list[Example]:
     for path in paths:
         data = path.read_bytes()
         try:
-            examples.append(Example.of(image_to_input(data, spec, max_pixels=MAX_PIXELS), data))
+            examples.append(
+                Example.of(image_to_input(data, spec, max_pixels=DEFAULT_MAX_IMAGE_PIXELS), data)
+            )
         except ServiceError as err:
             raise ValueError(f"{path}: {err.message}") from err
     return examples

@@ -13,6 +13,7 @@ import numpy as np
 
 from oltr_contract.artifact import CARD_SCHEMA_VERSION, INPUT_LAYOUT
 from oltr_contract.scores import COMBINED, score_definition
+from service.config import DEFAULT_MAX_IMAGE_PIXELS
 from service.enrolment import Artifact, with_reference, write_model
 from service.preprocessing import image_to_input
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
@@ -24,7 +25,6 @@ from training.models import OLTRNet
 log = logging.getLogger(__name__)
 REFERENCE_PER_CLASS = 50
 """Training images per class that the imprint reference (for enrolment) is computed from."""
-MAX_PIXELS = 40_000_000
 
 
 def build_card(cfg: FitConfig, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -111,7 +111,10 @@ def add_imprint_reference(
         for path in random.Random(label).sample(paths, min(per_class, len(paths)))
     ]
     pixels = np.stack(
-        [image_to_input(p.read_bytes(), spec, max_pixels=MAX_PIXELS) for p, _ in sample]
+        [
+            image_to_input(p.read_bytes(), spec, max_pixels=DEFAULT_MAX_IMAGE_PIXELS)
+            for p, _ in sample
+        ]
     )
     labels = np.array([label for _, label in sample], dtype=np.int64)
     write_model(with_reference(artifact, pixels, labels), model_path.parent)
