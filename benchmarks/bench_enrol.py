@@ -28,6 +28,7 @@ from benchmarks.shared_data import shared_data_dir  # noqa: E402
 from oltr_contract.artifact import OUTPUT_NAMES  # noqa: E402
 from oltr_contract.scores import compute_score, is_known  # noqa: E402
 from service.config import DEFAULT_MAX_IMAGE_PIXELS  # noqa: E402
+from service.discovery import l2_normalise  # noqa: E402
 from service.enrolment import Artifact, Example, embed, enrol, with_reference  # noqa: E402
 from service.preprocessing import PreprocessSpec, image_to_input  # noqa: E402
 from training.data.mnist import materialise_mnist, mnist_split_dir  # noqa: E402
@@ -61,53 +62,57 @@ def photos(spec: PreprocessSpec, n: int = 400) -> np.ndarray:
     return np.stack(out)
 
 
-def answers(artifact: Artifact, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def answers(
+    session: ort.InferenceSession, card: dict, pixels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-1 class and the accept decision of the card's unknown score and threshold."""
-    session = ort.InferenceSession(
-        artifact.proto.SerializeToString(), providers=["CPUExecutionProvider"]
-    )
     parts = [
         session.run(list(OUTPUT_NAMES), {"image": pixels[i : i + 64]})
         for i in range(0, len(pixels), 64)
     ]
     outputs = {n: np.concatenate([p[j] for p in parts]) for j, n in enumerate(OUTPUT_NAMES)}
-    score = artifact.card["unknown_score"]
+    score = card["unknown_score"]
     values = compute_score(score["name"], outputs, score.get("params"))
-    return outputs["logits"].argmax(axis=1), is_known(values, artifact.card["threshold"])
+    return outputs["logits"].argmax(axis=1), is_known(values, card["threshold"])
 
 
 def report(artifact: Artifact, sets: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
-    top1, known = answers(artifact, sets["held_out_6"][0])
-    old_top1, _ = answers(artifact, sets["test_0_5"][0])
+    session = ort.InferenceSession(
+        artifact.proto.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    top1, known = answers(session, artifact.card, sets["held_out_6"][0])
+    old_top1, _ = answers(session, artifact.card, sets["test_0_5"][0])
     row = {
         "new_recognised_accepted": float(np.mean((top1 == NEW) & known)),
         "old_top1": float(np.mean(old_top1 == sets["test_0_5"][1])),
     }
     for name in ("open_7_9", "photos"):
-        _, accepted = answers(artifact, sets[name][0])
+        _, accepted = answers(session, artifact.card, sets[name][0])
         row[f"unknown_rate_{name}"] = float(1 - accepted.mean())
     return row
 
 
+def unit_embeddings(base: Artifact, pixels: np.ndarray) -> np.ndarray:
+    """The base model's ``embedding`` of ``pixels``, L2-normalised (what NCM compares)."""
+    return l2_normalise(embed(base, base.head(), pixels)[0])
+
+
 def ncm_baseline(
-    base: Artifact, train: tuple[np.ndarray, np.ndarray], examples: np.ndarray, sets: dict
+    train: tuple[np.ndarray, np.ndarray],
+    examples: np.ndarray,
+    sets: dict[str, np.ndarray],
+    test_labels: np.ndarray,
 ) -> dict[str, float]:
-    """Nearest class mean (cosine) on the same model's ``embedding``: the twenty-line way to
-    add a class. Class means from the training images, the new one from ``examples``; top-1
-    only (it has no unknown decision)."""
-    head = base.head()
-
-    def unit_embed(pixels: np.ndarray) -> np.ndarray:
-        e = embed(base, head, pixels)[0]
-        return e / np.linalg.norm(e, axis=1, keepdims=True)
-
-    feats, labels = unit_embed(train[0]), train[1]
-    means = [feats[labels == k].mean(0) for k in range(NEW)] + [unit_embed(examples).mean(0)]
-    centres = np.stack([m / np.linalg.norm(m) for m in means])
-    top1 = {name: (unit_embed(sets[name][0]) @ centres.T).argmax(1) for name in sets}
+    """Nearest class mean (cosine) on the same model's unit ``embedding`` (computed once by
+    :func:`unit_embeddings`): the twenty-line way to add a class. Class means from the training
+    images, the new one from ``examples``; top-1 only (it has no unknown decision)."""
+    feats, labels = train
+    means = [feats[labels == k].mean(0) for k in range(NEW)] + [examples.mean(0)]
+    centres = l2_normalise(np.stack(means))
+    top1 = {name: (x @ centres.T).argmax(1) for name, x in sets.items()}
     return {
         "new_recognised": float(np.mean(top1["held_out_6"] == NEW)),
-        "old_top1": float(np.mean(top1["test_0_5"] == sets["test_0_5"][1])),
+        "old_top1": float(np.mean(top1["test_0_5"] == test_labels)),
     }
 
 
@@ -179,6 +184,8 @@ def main() -> int:
         "photos": (photos(spec), np.array([])),
     }
     source_pixels, source_bytes = load(sources, spec)
+    unit = {name: unit_embeddings(base, x) for name, (x, _) in sets.items()}
+    unit_train, unit_sources = unit_embeddings(base, pixels), unit_embeddings(base, source_pixels)
     results: dict[str, object] = {"before": report(base, sets), "after": {}, "ncm": {}}
     rng = np.random.default_rng(0)
     first_picks: dict[int, np.ndarray] = {}
@@ -189,7 +196,11 @@ def main() -> int:
             first_picks.setdefault(shots, pick)
             examples = [Example.of(source_pixels[i], source_bytes[i]) for i in pick]
             rows.append(report(enrol(base, str(NEW), examples), sets))
-            baseline.append(ncm_baseline(base, (pixels, train_labels), source_pixels[pick], sets))
+            baseline.append(
+                ncm_baseline(
+                    (unit_train, train_labels), unit_sources[pick], unit, sets["test_0_5"][1]
+                )
+            )
         for key, found in (("after", rows), ("ncm", baseline)):
             mean = {k: float(np.mean([r[k] for r in found])) for k in found[0]}
             results[key][str(shots)] = mean  # type: ignore[index]
