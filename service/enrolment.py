@@ -48,6 +48,7 @@ from service.head_surgery import (
     locate_head,
     remove_class,
     trained_directions,
+    unit_rows,
 )
 from service.preprocessing import PreprocessSpec
 
@@ -177,13 +178,14 @@ def enrol(artifact: Artifact, name: str, examples: list[Example]) -> Artifact:
     if not examples:
         raise ValueError("enrolment needs at least one image")
     head, reference = artifact.head(), artifact.reference()
-    embeddings, class_inputs = embed(artifact, head, np.stack([e.pixels for e in examples]))
+    pixels = np.stack([e.pixels for e in examples])
+    embeddings, class_inputs = embed(artifact, head, pixels)
     proto = _copy(artifact.proto)
     new = imprint(embeddings, class_inputs, reference, trained_directions(proto, head))
     add_class(proto, head, new, artifact.metric())
     card = _card_with_class(artifact, name, [e.sha256 for e in examples])
     enrolled = _stamped(proto, card)
-    check_outputs(enrolled, np.stack([e.pixels for e in examples[:BATCH]]))
+    check_outputs(enrolled, pixels[:BATCH])
     return enrolled
 
 
@@ -197,7 +199,7 @@ def with_reference(
     if not present or min(present) < 0 or max(present) >= len(artifact.class_names):
         raise ValueError("reference labels must be class indices of the model")
     _, class_inputs = embed(artifact, artifact.head(), pixels)
-    units = class_inputs / np.linalg.norm(class_inputs, axis=1, keepdims=True).clip(1e-12)
+    units = unit_rows(class_inputs)
     mean = np.mean([units[labels == k].mean(axis=0) for k in present], axis=0)
     record = {"classifier_input_mean": mean.astype(float).tolist(), "images": len(pixels)}
     return _stamped(_copy(artifact.proto), {**artifact.card, REFERENCE_KEY: record})

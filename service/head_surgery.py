@@ -190,6 +190,13 @@ def unit(v: FloatArray, eps: float = 1e-12) -> FloatArray:
     return out
 
 
+def unit_rows(x: FloatArray, eps: float = 1e-12) -> FloatArray:
+    """Each row of ``x`` divided by max(its L2 norm, eps), in float32."""
+    x = np.asarray(x, dtype=np.float32)
+    out: FloatArray = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), eps)
+    return out
+
+
 def add_class(proto: onnx.ModelProto, head: Head, new: NewClass, metric: Metric) -> None:
     """Append ``new`` as class K (in place): one more row in every slot."""
     for slot in head.slots:
@@ -266,7 +273,7 @@ def imprint(
     component that all images have and outscores the trained classes on their own images."""
     if len(embeddings) == 0:
         raise ValueError("a class needs at least one example")
-    units = np.stack([unit(u) for u in np.asarray(classifier_inputs, dtype=np.float32)])
+    units = unit_rows(classifier_inputs)
     basis, _ = np.linalg.qr(np.column_stack([*trained_directions, reference]).astype(np.float64))
     mean = units.mean(axis=0).astype(np.float64)
     novel = (mean - basis @ (basis.T @ mean)).astype(np.float32)
