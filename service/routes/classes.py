@@ -70,7 +70,8 @@ async def add_class(request: Request, state: StateDep) -> EnrolResponse:
     limit = state.settings.enrol_max_images
     form = await read_form(request, max_files=limit, max_fields=limit + 1)
     name = _one_name(form.fields.get(NAME_FIELD, []))
-    uploads = form.files.get(FILE_FIELD, []) + _captured(state, form.fields.get(CAPTURE_FIELD, []))
+    captured = await state.in_thread(_captured, state, form.fields.get(CAPTURE_FIELD, []))
+    uploads = form.files.get(FILE_FIELD, []) + captured
     if not uploads:
         raise MissingFile(
             f"enrolment needs 1 to {limit} images ({FILE_FIELD!r} or {CAPTURE_FIELD!r})"
@@ -116,7 +117,8 @@ def _one_name(values: list[str]) -> str:
 
 
 def _captured(state: ServiceState, ids: list[str]) -> list[Upload]:
-    """Uploads for capture ids: the captured bytes (404 for an id that is not a capture)."""
+    """Uploads for capture ids: the captured bytes (404 for an id that is not a capture).
+    Reads files: run it off the event loop."""
     if not ids:
         return []
     if state.captures is None:
