@@ -17,7 +17,6 @@ from PIL import Image
 from benchmarks.accuracy.aggregate import summarise
 from benchmarks.accuracy.cli import main
 from benchmarks.accuracy.datasets import extract_once
-from benchmarks.accuracy.features import ViewMapDataset, backbone_bypassed, compute_maps
 from benchmarks.accuracy.scoring import alternative_scores
 from benchmarks.accuracy.settings import MethodSpec, ProtocolSpec, load_bench_config
 from benchmarks.accuracy.tables import cell, headline_table
@@ -25,6 +24,7 @@ from benchmarks.shared_data import shared_data_dir
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import ConfigError, ModelConfig, load_config
 from training.data import DataError
+from training.feature_cache import ViewMapDataset, backbone_bypassed, compute_maps
 from training.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]

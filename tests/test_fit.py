@@ -17,6 +17,7 @@ import torch
 from oltr_contract.scores import SCORE_NAMES
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import load_config
+from training.data import load_split
 from training.fit import _warn_frozen_centroid_loss, fit, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -301,3 +302,37 @@ def test_frozen_backbone_with_centroid_loss_warns(caplog):
         _warn_frozen_centroid_loss(load_config(preset="places_lt"))
         _warn_frozen_centroid_loss(load_config())
     assert caplog.text == ""
+
+
+@pytest.mark.slow
+def test_cached_features_train_the_model_the_images_train(tmp_path, cache_dir):
+    """Frozen backbone, no augmentation, one cached view: the backbone runs once per image, and
+    the run trains the same model as the uncached one (same batches; only the backbone's batch
+    size differs, so float rounding may). The checkpoint keeps the backbone's weights."""
+    frozen = [
+        *TINY,
+        f"data.cache_dir={cache_dir}",
+        "data.augment=none",
+        "stage1.freeze_backbone=true",
+        "stage2.freeze_backbone=true",
+    ]
+    plain = fit(load_config(overrides=frozen), tmp_path / "images", export=False)
+    cached_cfg = load_config(overrides=[*frozen, "data.cached_views=1"])
+    cached = fit(cached_cfg, tmp_path / "cached", export=False)
+    data = load_split(load_config(overrides=frozen).data)
+    images = sum(len(getattr(data, n)) for n in ("train", "val", "test", "open_val", "open_test"))
+    once = f"cached the frozen backbone's features of {images + len(data.train)} images"
+    log_lines = (tmp_path / "cached" / "train.log").read_text().splitlines()
+    cache_logs = [line.split(": ", 1)[1] for line in log_lines if "cached the" in line]
+    assert len(cache_logs) == 1 and cache_logs[0].startswith(once)  # shared by both stages
+    x = torch.rand(8, 3, 16, 16)
+    reloaded, _ = model_from_checkpoint(load_checkpoint(tmp_path / "cached" / CKPT2))
+    with torch.no_grad():
+        want, got, again = plain.model.eval()(x), cached.model.eval()(x), reloaded.eval()(x)
+    torch.testing.assert_close(got.logits, want.logits, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(got.reach, want.reach, rtol=1e-3, atol=1e-3)
+    assert torch.equal(again.logits, got.logits)  # backbone included
+    for model in ("plain", "oltr"):
+        assert cached.metrics[model]["closed_set"]["overall"] == pytest.approx(
+            plain.metrics[model]["closed_set"]["overall"], abs=0.005
+        )

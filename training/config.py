@@ -66,6 +66,11 @@ class DataConfig(_Strict):
     imagenet (RandomResizedCrop, flip, ColorJitter 0.4)."""
     on_corrupt: Literal["fail", "skip"] = "fail"
     num_workers: int = Field(0, ge=0)
+    cached_views: int = Field(0, ge=0)
+    """With the backbone frozen in both stages, run it once per image instead of once per epoch
+    (training.feature_cache): this many augmented views of each training image are computed up
+    front and every epoch draws from them (a fixed pool instead of fresh augmentation), and each
+    evaluation set is embedded once. 0: the backbone runs on every batch."""
 
     @model_validator(mode="after")
     def _crop_fits(self) -> DataConfig:

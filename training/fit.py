@@ -27,6 +27,7 @@ from training.config import ConfigError, FitConfig, load_config, preset_names, s
 from training.data import DataError, Split, load_split
 from training.engine import predict, reset_centroids, unwrap
 from training.evaluate import evaluate_model
+from training.feature_cache import FeatureCache
 from training.losses import LossWeights
 from training.models import OLTRNet, build_model
 from training.run_data import RunData
@@ -137,11 +138,18 @@ def fit(
         "class_names": split.class_names,
         "train_counts": list(split.train_counts),
     }
-    model, plain_report, history = _stage1(cfg, run_dir, data, device, extra)
-    model, history2 = _stage2(cfg, run_dir, data, device, extra, model)
+    model = _build(cfg, data, run_dir)
+    cache = FeatureCache(cfg, data, device)
+    with cache.on(model, cfg.stage1.freeze_backbone) as data1:
+        plain_report, history = _stage1(cfg, run_dir, data1, device, extra, model)
+    model.to_oltr()
+    with cache.on(model, cfg.stage2.freeze_backbone) as data2:
+        history2 = _stage2(cfg, run_dir, data2, device, extra, model)
+        oltr_report = (
+            evaluate_model(unwrap(model), data2, cfg, device) if dist_utils.is_main() else None
+        )
     metrics: dict[str, Any] = {}
-    if dist_utils.is_main():
-        oltr_report = evaluate_model(unwrap(model), data, cfg, device)
+    if oltr_report is not None:
         metrics = write_reports(run_dir, cfg, data, plain_report, oltr_report, history + history2)
         metrics["fit_seconds"] = round(time.monotonic() - started, 1)
         write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
@@ -173,22 +181,27 @@ def _warn_frozen_centroid_loss(cfg: FitConfig) -> None:
         )
 
 
-def _stage1(cfg, run_dir, data, device, extra):
-    ckpt1, ckpt2 = run_dir / "checkpoints" / "stage1.pt", run_dir / "checkpoints" / "stage2.pt"
+def _build(cfg: FitConfig, data: RunData, run_dir: Path) -> OLTRNet:
+    """The stage-1 model, with the weights of its checkpoint when the run is resumed."""
     model = build_model(
         cfg.model, num_classes=len(data.class_names), input_size=cfg.data.input_size, stage="plain"
     )
+    ckpt1 = run_dir / "checkpoints" / "stage1.pt"
+    if ckpt1.is_file():
+        model.load_state_dict(load_checkpoint(ckpt1)["model"])
+    return model
+
+
+def _stage1(cfg, run_dir, data, device, extra, model: OLTRNet):
+    ckpt1, ckpt2 = run_dir / "checkpoints" / "stage1.pt", run_dir / "checkpoints" / "stage2.pt"
     state = load_checkpoint(ckpt1) if ckpt1.is_file() else None
-    history: list[dict[str, Any]] = []
-    if state is not None:
-        model.load_state_dict(state["model"])
-        history = list(state["history"])
+    history: list[dict[str, Any]] = list(state["history"]) if state is not None else []
     model.to(device)
     if not ckpt2.is_file() and (state is None or state["epoch"] + 1 < cfg.stage1.epochs):
         weights = LossWeights.for_stage(data.train_counts, cfg.stage1.logit_adjust_tau)
         history = _train(1, cfg, model, data, device, ckpt1, extra, weights, state)
     plain_report = _plain_report(run_dir, model, data, cfg, device)
-    return model, plain_report, history
+    return plain_report, history
 
 
 def _plain_report(run_dir, model, data, cfg, device) -> dict[str, Any] | None:
@@ -205,7 +218,6 @@ def _plain_report(run_dir, model, data, cfg, device) -> dict[str, Any] | None:
 def _stage2(cfg, run_dir, data, device, extra, model: OLTRNet):
     ckpt2 = run_dir / "checkpoints" / "stage2.pt"
     state = load_checkpoint(ckpt2) if ckpt2.is_file() else None
-    model.to_oltr()
     model.to(device)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -217,7 +229,7 @@ def _stage2(cfg, run_dir, data, device, extra, model: OLTRNet):
         history = _train(2, cfg, model, data, device, ckpt2, extra, weights, state)
         if cfg.stage2.recompute_centroids:
             reset_centroids(model, data.loader("train_eval"), device)
-    return model, history
+    return history
 
 
 def _train(number, cfg, model, data, device, checkpoint, extra, weights, state):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from training.config import FitConfig
 from training.data import DataError, ImageDataset, Split, eval_transform, train_transform
@@ -17,9 +17,11 @@ class RunData:
 
     class_names: list[str]
     train_counts: list[int]
-    train: ImageDataset
-    """Training images with the training augmentation."""
-    eval_sets: dict[str, ImageDataset] = field(default_factory=dict)
+    train: Dataset
+    """Training images with the training augmentation (an ImageDataset, or their cached
+    backbone features: training.feature_cache); items are (tensor, label), ``labels`` lists
+    every label."""
+    eval_sets: dict[str, Dataset] = field(default_factory=dict)
     """train_eval (training images, eval transform), val, test, open_val, open_test."""
     batch_size: int = 256
     num_workers: int = 0

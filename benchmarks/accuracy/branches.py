@@ -6,7 +6,7 @@ transform, run_stage with the centroid loss, optional recomputed centroids), eac
 by fit's own ``StageRun.for_fit``. They are composed here rather than called through ``fit`` so
 that several methods can branch from one stage-1 model and so that a frozen backbone can train
 on cached feature maps
-(:mod:`benchmarks.accuracy.features`). Stage-1 checkpoints use fit's layout and content, so
+(:mod:`training.feature_cache`). Stage-1 checkpoints use fit's layout and content, so
 ``fit(cfg, run_dir, resume=True)`` accepts them.
 """
 
@@ -39,7 +39,7 @@ def checkpoint_extra(
 
 
 def _frozen(stage: StageConfig, cached: bool) -> StageConfig:
-    # On cached maps the backbone is a pass-through without parameters.
+    # On cached maps the backbone does not run: it must not train either.
     return stage.model_copy(update={"freeze_backbone": True}) if cached else stage
 
 

@@ -37,19 +37,19 @@ from benchmarks.accuracy.datasets import (
     write_closed_lt_split,
     write_open_lt_split,
 )
-from benchmarks.accuracy.features import (
-    MapDataset,
-    ViewMapDataset,
-    backbone_bypassed,
-    compute_maps,
-    compute_views,
-)
 from benchmarks.accuracy.probes import Probe, class_means, probe_outputs
 from benchmarks.accuracy.scoring import diagnostics, report, run_sets
 from benchmarks.accuracy.settings import BenchConfig, MethodSpec, ProtocolSpec
 from oltr_contract.atomic import atomic_file
 from training.config import FitConfig, load_config, save_config
 from training.data import ImageDataset, eval_transform, load_split
+from training.feature_cache import (
+    MapDataset,
+    ViewMapDataset,
+    backbone_bypassed,
+    compute_maps,
+    compute_views,
+)
 from training.losses import LossWeights
 from training.models import OLTRNet, build_model
 from training.run_data import RunData
