@@ -62,6 +62,19 @@ def test_imprint_keeps_only_what_the_trained_classes_and_the_mean_lack() -> None
     np.testing.assert_allclose(new.direction, [0, 1, 0], atol=1e-6)
 
 
+def test_imprint_gives_back_the_shared_component_the_trained_directions_hold() -> None:
+    # the same examples; trained directions (0.6, 0, 0.8) and (-0.6, 0, 0.8), reference e3:
+    # e1 and e3 are projected out -> n = e2; b = mean(0.8, 0.8) = 0.8 ->
+    # d = 0.8 e3 + sqrt(1 - 0.64) e2 = (0, 0.6, 0.8)
+    new = imprint(
+        np.array([[1.0, 0, 0], [3.0, 2, 0]], np.float32),
+        np.array([[2, 2, 2], [1, 1, -1]], np.float32),
+        reference=np.array([0, 0, 2.0], np.float32),
+        trained_directions=np.array([[0.6, 0, 0.8], [-0.6, 0, 0.8]], np.float32),
+    )
+    np.testing.assert_allclose(new.direction, [0, 0.6, 0.8], atol=1e-6)
+
+
 def test_imprint_needs_an_example() -> None:
     with pytest.raises(ValueError, match="at least one"):
         imprint(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32), np.zeros(3), np.eye(3))
