@@ -22,10 +22,8 @@ from benchmarks.accuracy.settings import MethodSpec, ProtocolSpec, load_bench_co
 from benchmarks.accuracy.tables import cell, headline_table
 from benchmarks.shared_data import shared_data_dir
 from training.checkpoint import load_checkpoint, model_from_checkpoint
-from training.config import ConfigError, ModelConfig, load_config
+from training.config import ConfigError, load_config
 from training.data import DataError
-from training.feature_cache import ViewMapDataset, backbone_bypassed, compute_maps
-from training.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = shared_data_dir()
@@ -217,47 +215,6 @@ def test_extract_once_rejects_archives_without_one_top_folder(tmp_path):
     with pytest.raises(DataError, match="one top-level folder"):
         extract_once(archive, tmp_path / "out")
     assert not (tmp_path / "out").exists()
-
-
-@pytest.mark.parametrize("stage", ["plain", "oltr"])
-def test_bypassed_model_on_cached_maps_equals_the_model_on_images(stage):
-    torch.manual_seed(0)
-    cfg = ModelConfig(backbone="resnet10", feat_dim=16)
-    model = build_model(cfg, num_classes=3, input_size=16, stage=stage).eval()
-    if stage == "oltr":
-        model.set_centroids(torch.randn(3, 16))
-    images = torch.rand(5, 3, 16, 16)
-    dataset = [(img, i % 3) for i, img in enumerate(images)]
-
-    class _Set(torch.utils.data.Dataset):
-        labels = [y for _, y in dataset]
-
-        def __len__(self):
-            return len(dataset)
-
-        def __getitem__(self, i):
-            return dataset[i]
-
-    maps = compute_maps(model, _Set(), torch.device("cpu"), batch_size=2, desc="t")
-    backbone = model.backbone
-    with torch.no_grad():
-        expected = model(images)
-        with backbone_bypassed(model):
-            got = model(maps.maps)
-    assert model.backbone is backbone  # restored
-    torch.testing.assert_close(got.logits, expected.logits, rtol=1e-5, atol=1e-5)
-    if stage == "oltr":
-        torch.testing.assert_close(got.reach, expected.reach, rtol=1e-5, atol=1e-5)
-
-
-def test_view_dataset_draws_one_of_the_image_views():
-    # views[v, i] = 10 * v + i: item i must be i, 10 + i or 20 + i.
-    views = (10 * torch.arange(3)[:, None] + torch.arange(4)[None, :]).float()
-    data = ViewMapDataset(views, [0, 1, 0, 1])
-    torch.manual_seed(0)
-    seen = {float(data[2][0]) for _ in range(50)}
-    assert seen == {2.0, 12.0, 22.0}
-    assert data[3][1] == 1 and len(data) == 4
 
 
 # --------------------------------------------------------------------------- smoke run

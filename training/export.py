@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxscript.optimizer
 import torch
 from torch import Tensor, nn
 
@@ -27,6 +28,9 @@ from oltr_contract.artifact import CARD_KEY, INPUT_NAME, OUTPUT_NAMES
 from oltr_contract.atomic import write_bytes_atomic
 from oltr_contract.graph_version import model_version
 from training.models import OLTRNet
+
+FOLD_LIMIT = 1 << 26
+"""Elements a folded constant may have (256 MiB of float32): every parameter of a head."""
 
 MODEL_FILE = "model.onnx"
 CARD_FILE = "card.json"
@@ -117,7 +121,12 @@ def _to_onnx(graph: ExportGraph, input_size: int, opset: int) -> onnx.ModelProto
         opset_version=opset,
         verbose=False,
     )
-    proto = program.model_proto
+    # The exporter folds constants of up to 8,192 elements only: a bigger head (7 classes at
+    # D = 1280) would keep its raw parameters and normalise them at every inference. Folded,
+    # the class constants are the plain tensors that enrolment edits (service/head_surgery).
+    proto = onnxscript.optimizer.optimize(
+        program.model_proto, input_size_limit=FOLD_LIMIT, output_size_limit=FOLD_LIMIT
+    )
     _strip_debug_metadata(proto.graph)
     onnx.checker.check_model(proto, full_check=True)
     return proto

@@ -1,8 +1,9 @@
-"""Cached backbone features: exact for a frozen backbone in eval mode.
+"""Cached backbone features: exact (to float rounding) for a frozen backbone in eval mode.
 
 A frozen backbone computes the same features every epoch, and on a CPU it is nearly all of the
-cost (EfficientNet-Lite at 224 px: about a second per image on 2 cores). ``compute_maps`` runs
-``backbone(normalize(x))`` once per image; inside :func:`backbone_bypassed` the model takes
+cost (EfficientNet-Lite0 at 224 px in eager torch: about 0.1 s per image on 2 cores).
+``compute_maps`` runs :class:`BackboneFeatures` (``backbone(normalize(x))``, in onnxruntime on
+a CPU) once per image; inside :func:`backbone_bypassed` the model takes
 those maps instead of images, so every other part of the model and training code (attention,
 fc_add, heads, run_stage, class_means, predict, evaluate_model) runs unchanged on them. The
 modules themselves stay in place, so checkpoints keep the backbone's weights.
@@ -21,9 +22,11 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Literal
 
+import onnxruntime as ort
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -74,47 +77,105 @@ class ViewMapDataset(Dataset):
         return self.views[view, index], self.labels[index]
 
 
-@torch.no_grad()
+Runtime = Literal["auto", "torch", "onnxruntime"]
+RUNTIME: Runtime = "auto"
+"""What :func:`cached_run_data` computes features with (see :class:`BackboneFeatures`)."""
+
+
+class _Features(nn.Module):
+    def __init__(self, model: OLTRNet, pooled: bool) -> None:
+        super().__init__()
+        self.normalize, self.backbone, self.pooled = model.normalize, model.backbone, pooled
+
+    def forward(self, x: Tensor) -> Tensor:
+        maps = self.backbone(self.normalize(x))
+        return maps.mean(dim=(2, 3), keepdim=True) if self.pooled else maps
+
+
+class BackboneFeatures:
+    """``model.backbone(model.normalize(x))`` of a batch, in eval mode (``pooled``: each map's
+    spatial mean ``[C, 1, 1]`` only), as float32 on the CPU.
+
+    ``runtime="auto"`` runs it in onnxruntime on a CPU device (exported once, here: on 2
+    cores EfficientNet-Lite0 at 224 px ran 7-8 times faster than eager torch, side by side in
+    one run, docs/BENCHMARKS.md) and in torch elsewhere; the two agree to float rounding. A
+    backbone that does not export falls back to torch, with a warning.
+    """
+
+    def __init__(
+        self,
+        model: OLTRNet,
+        device: torch.device,
+        *,
+        pooled: bool = False,
+        runtime: Runtime = "auto",
+    ) -> None:
+        self.device, self.pooled = device, pooled
+        self.module = _Features(model, pooled).eval()
+        self.session: ort.InferenceSession | None = None
+        if runtime == "onnxruntime" or (runtime == "auto" and device.type == "cpu"):
+            self.session = _session(self.module, model.input_size, strict=runtime != "auto")
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor) -> Tensor:
+        if self.session is not None:
+            return torch.from_numpy(self.session.run(None, {"x": images.float().numpy()})[0])
+        return self.module(images.to(self.device)).float().cpu()
+
+
+def _session(module: nn.Module, size: int, *, strict: bool) -> ort.InferenceSession | None:
+    example = torch.zeros(2, 3, size, size)  # batch 2: torch.export specialises 0 and 1
+    try:
+        with torch.random.fork_rng(devices=[]):  # leaves the global RNG (initialisation) alone
+            program = torch.onnx.export(
+                module,
+                (example,),
+                dynamo=True,
+                input_names=["x"],
+                dynamic_shapes={"x": {0: torch.export.Dim("N")}},
+                opset_version=18,
+                verbose=False,
+            )
+        proto = program.model_proto.SerializeToString()
+        return ort.InferenceSession(proto, providers=["CPUExecutionProvider"])
+    except Exception as err:  # an exporter or runtime limitation: eager torch still works
+        if strict:
+            raise
+        log.warning("the backbone did not export to onnxruntime (%s); features run in torch", err)
+        return None
+
+
 def compute_views(
-    model: OLTRNet,
+    features: BackboneFeatures,
     dataset: Dataset,
-    device: torch.device,
     *,
     views: int,
     batch_size: int,
     num_workers: int = 0,
-    pooled: bool = False,
 ) -> ViewMapDataset:
     """``views`` passes of :func:`compute_maps` over an augmenting ``dataset``."""
     passes = [
         compute_maps(
-            model,
+            features,
             dataset,
-            device,
             batch_size=batch_size,
             desc=f"view {v + 1}/{views}",
             num_workers=num_workers,
-            pooled=pooled,
         )
         for v in range(views)
     ]
     return ViewMapDataset(torch.stack([p.maps for p in passes]), list(dataset.labels))
 
 
-@torch.no_grad()
 def compute_maps(
-    model: OLTRNet,
+    features: BackboneFeatures,
     dataset: Dataset,
-    device: torch.device,
     *,
     batch_size: int,
     desc: str,
     num_workers: int = 0,
-    pooled: bool = False,
 ) -> MapDataset:
-    """``model.backbone(model.normalize(x))`` for every image of ``dataset``, in eval mode;
-    ``pooled`` keeps each map's spatial mean ``[C, 1, 1]`` only."""
-    model.eval()
+    """``features`` of every image of ``dataset``."""
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -122,11 +183,8 @@ def compute_maps(
         num_workers=num_workers,
         generator=torch.Generator(),  # leaves the global RNG (model initialisation) alone
     )
-    chunks = []
     bar = tqdm(loader, desc=f"features {desc}", leave=False, disable=not dist_utils.is_main())
-    for images, _ in bar:
-        maps = model.backbone(model.normalize(images.to(device))).float()
-        chunks.append((maps.mean(dim=(2, 3), keepdim=True) if pooled else maps).cpu())
+    chunks = [features(images) for images, _ in bar]
     return MapDataset(torch.cat(chunks), list(dataset.labels))
 
 
@@ -157,33 +215,19 @@ def cached_run_data(
     """``data`` with every set replaced by ``model``'s cached backbone features: ``views``
     augmented views of each training image and one clean pass over each evaluation set."""
     started = time.monotonic()
-    batch = data.batch_size
+    features = BackboneFeatures(model, device, pooled=pooled, runtime=RUNTIME)
+    batch, workers = data.batch_size, data.num_workers
     eval_sets: dict[str, Dataset] = {
-        name: compute_maps(
-            model,
-            dataset,
-            device,
-            batch_size=batch,
-            desc=name,
-            num_workers=data.num_workers,
-            pooled=pooled,
-        )
+        name: compute_maps(features, dataset, batch_size=batch, desc=name, num_workers=workers)
         for name, dataset in data.eval_sets.items()
     }
-    train = compute_views(
-        model,
-        data.train,
-        device,
-        views=views,
-        batch_size=batch,
-        num_workers=data.num_workers,
-        pooled=pooled,
-    )
+    train = compute_views(features, data.train, views=views, batch_size=batch, num_workers=workers)
     images = sum(len(s) for s in eval_sets.values()) + views * len(data.train)
     log.info(
-        "cached the frozen backbone's features of %d images in %.0f s",
+        "cached the frozen backbone's features of %d images in %.0f s (%s)",
         images,
         time.monotonic() - started,
+        "onnxruntime" if features.session is not None else "torch",
     )
     # In-memory tensors: worker processes would only copy them.
     return RunData(data.class_names, data.train_counts, train, eval_sets, batch, num_workers=0)

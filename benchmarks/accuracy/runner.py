@@ -44,6 +44,7 @@ from oltr_contract.atomic import atomic_file
 from training.config import FitConfig, load_config, save_config
 from training.data import ImageDataset, eval_transform, load_split
 from training.feature_cache import (
+    BackboneFeatures,
     MapDataset,
     ViewMapDataset,
     backbone_bypassed,
@@ -264,11 +265,11 @@ class Benchmark:
         started = time.monotonic()
         names = ["train_eval", *(n for n in data.eval_names if n != "train_eval")]
         batch, workers = cfg.eval.batch_size, cfg.data.num_workers
+        features = BackboneFeatures(model, self.device)
         maps: dict[str, Dataset] = {
             n: compute_maps(
-                model,
+                features,
                 data.sets[n],
-                self.device,
                 batch_size=batch,
                 desc=f"{what} {n}",
                 num_workers=workers,
@@ -279,7 +280,7 @@ class Benchmark:
         if views:
             torch.manual_seed(seed)
             maps["train"] = compute_views(
-                model, data.train, self.device, views=views, batch_size=batch, num_workers=workers
+                features, data.train, views=views, batch_size=batch, num_workers=workers
             )
         log.info(
             "cached %s feature maps of %d images in %.0f s",
