@@ -243,6 +243,12 @@ class FeatureCache:
         self.data, self.device = data, device
         self._cached: RunData | None = None
         self._reusable = cfg.stage1.freeze_backbone  # stage 2 then sees the same backbone
+        if self.views and not (cfg.stage1.freeze_backbone or cfg.stage2.freeze_backbone):
+            log.warning(
+                "data.cached_views=%d has no effect: neither stage freezes the backbone "
+                "(stage1/stage2.freeze_backbone), so its features change every step",
+                self.views,
+            )
 
     @contextmanager
     def on(self, model: OLTRNet, frozen: bool) -> Iterator[RunData]:
