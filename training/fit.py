@@ -300,6 +300,7 @@ def _setup_logging(run_dir: Path) -> None:
         force=True,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("training").setLevel(level)  # a caller may have quieted the package
     logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # per-initializer chatter
 
 
