@@ -138,10 +138,10 @@ def fit(
         "class_names": split.class_names,
         "train_counts": list(split.train_counts),
     }
-    model = _build(cfg, data, run_dir)
+    model, state1 = _build(cfg, data, run_dir)
     cache = FeatureCache(cfg, data, device)
     with cache.on(model, cfg.stage1.freeze_backbone) as data1:
-        plain_report, history = _stage1(cfg, run_dir, data1, device, extra, model)
+        plain_report, history = _stage1(cfg, run_dir, data1, device, extra, model, state1)
     model.to_oltr()
     with cache.on(model, cfg.stage2.freeze_backbone) as data2:
         history2 = _stage2(cfg, run_dir, data2, device, extra, model)
@@ -181,20 +181,21 @@ def _warn_frozen_centroid_loss(cfg: FitConfig) -> None:
         )
 
 
-def _build(cfg: FitConfig, data: RunData, run_dir: Path) -> OLTRNet:
-    """The stage-1 model, with the weights of its checkpoint when the run is resumed."""
+def _build(cfg: FitConfig, data: RunData, run_dir: Path) -> tuple[OLTRNet, dict[str, Any] | None]:
+    """The stage-1 model, with the weights of its checkpoint when the run is resumed (returned
+    too, read once)."""
     model = build_model(
         cfg.model, num_classes=len(data.class_names), input_size=cfg.data.input_size, stage="plain"
     )
     ckpt1 = run_dir / "checkpoints" / "stage1.pt"
-    if ckpt1.is_file():
-        model.load_state_dict(load_checkpoint(ckpt1)["model"])
-    return model
-
-
-def _stage1(cfg, run_dir, data, device, extra, model: OLTRNet):
-    ckpt1, ckpt2 = run_dir / "checkpoints" / "stage1.pt", run_dir / "checkpoints" / "stage2.pt"
     state = load_checkpoint(ckpt1) if ckpt1.is_file() else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+    return model, state
+
+
+def _stage1(cfg, run_dir, data, device, extra, model: OLTRNet, state):
+    ckpt1, ckpt2 = run_dir / "checkpoints" / "stage1.pt", run_dir / "checkpoints" / "stage2.pt"
     history: list[dict[str, Any]] = list(state["history"]) if state is not None else []
     model.to(device)
     if not ckpt2.is_file() and (state is None or state["epoch"] + 1 < cfg.stage1.epochs):
