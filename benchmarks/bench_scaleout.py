@@ -48,7 +48,10 @@ from benchmarks.bench_service import (  # noqa: E402
 # Retries: a request that cannot connect (a replica shutting down has closed its listener) goes
 # to the other replica, and that replica is left out for fail_timeout. A POST that reached a
 # replica is never retried (no non_idempotent): a replica's SIGTERM must answer what it took.
-# A 503 (queue full) reaches the client with its Retry-After.
+# A 503 (queue full) reaches the client with its Retry-After. nginx drops an idle pooled
+# connection after 4 s, before the service does (OLTR_KEEPALIVE_TIMEOUT_S, 5 s): otherwise a
+# request can go out on a connection the service is closing at that instant, and a sent POST is
+# lost (502). On SIGTERM the service keeps idle connections open (service/http_limits.py).
 NGINX_CONF = """\
 {user}worker_processes 1;
 daemon off;
@@ -68,6 +71,7 @@ http {{
         least_conn;
 {servers}
         keepalive 32;
+        keepalive_timeout 4s;
     }}
     server {{
         listen 127.0.0.1:{port};

@@ -16,6 +16,8 @@ subclass adds, from :class:`service.config.Settings`:
 - ``max_requests_per_connection``: then ``Connection: close``; idle keep-alive connections
   are closed after ``keepalive_timeout_s`` by uvicorn itself.
 
+It also drains keep-alive connections without losing a request on SIGTERM (:meth:`shutdown`).
+
 Refusals are JSON, like every error of the service. ``python -m service`` installs the protocol;
 plain uvicorn needs ``--http service.http_limits:LimitedHttpToolsProtocol`` (limits then come
 from the environment).
@@ -78,12 +80,26 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._refusal: tuple[int, str, str] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._last_data = 0.0
+        self._draining = False
 
     # -- connection events -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._last_data = self.loop.time()
         self._arm(self._limits.header_timeout_s)
+
+    def shutdown(self) -> None:
+        """Graceful shutdown (SIGTERM) that leaves idle keep-alive connections open.
+
+        uvicorn closes them at once, and a proxy that sends a request on one at that instant
+        gets a reset it may not retry (nginx never retries a POST it has sent): a lost request.
+        Here the next request on the connection is served with ``Connection: close``, and a
+        connection that stays idle closes at ``keepalive_timeout_s`` as in normal service, by
+        when a proxy whose own keep-alive timeout is shorter has dropped it.
+        """
+        self._draining = True
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -125,7 +141,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         self._served += 1
         cycle = self.cycle
-        if self._served >= self._limits.max_requests_per_connection and cycle is not None:
+        last = self._draining or self._served >= self._limits.max_requests_per_connection
+        if last and cycle is not None:
             cycle.keep_alive = False
 
     def on_message_complete(self) -> None:

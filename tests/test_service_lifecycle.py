@@ -140,6 +140,31 @@ def test_sigterm_drains_queued_requests(tmp_path):
     assert logs.index("Shutting down") < logs.rindex('"POST /classify HTTP/1.1" 200')
 
 
+def test_sigterm_serves_a_request_sent_on_an_idle_keep_alive_connection(standin, tmp_path):
+    """The race a proxy loses a POST to: SIGTERM finds a keep-alive connection idle, and a
+    request goes out on it right after. The connection stays open (uvicorn alone closes it at
+    once), the request is answered, with ``Connection: close``, and the process exits."""
+    env = {"OLTR_MODEL_PATH": str(standin), "OLTR_KEEPALIVE_TIMEOUT_S": "3"}
+    service = ServiceProcess(env, tmp_path / "service.log")
+    try:
+        service.wait_until()
+        with httpx.Client(base_url=service.url, timeout=30) as client:
+            first = client.post("/classify", files=_files(1))
+            assert first.status_code == 200 and "close" not in first.headers.get("connection", "")
+            service.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.5)  # uvicorn has stopped listening and shut its connections down
+            with pytest.raises(httpx.ConnectError):
+                httpx.get(service.url + "/healthz", timeout=5)  # no new connection
+            late = client.post("/classify", files=_files(1))  # the kept-alive connection
+        assert late.status_code == 200 and late.headers["connection"] == "close"
+        assert late.json()["predictions"][0]["label"] == first.json()["predictions"][0]["label"]
+        started = time.monotonic()
+        assert service.proc.wait(timeout=30) in CLEAN_EXIT
+        assert time.monotonic() - started < 10
+    finally:
+        service.stop()
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
