@@ -242,7 +242,7 @@ protocols:
       oltr: {title: OLTR, kind: oltr}
       oltr_paper: {title: OLTR paper squash, kind: oltr, overrides: [model.squash=paper]}
       bs_scratch: {title: BS scratch, kind: scratch, overrides: [stage1.logit_adjust_tau=1]}
-      oltr_ft: {title: OLTR fine-tuned, kind: oltr, cached: false,
+      oltr_ft: {title: OLTR fine-tuned, kind: oltr, cached: false, optional: true,
                 overrides: [stage2.freeze_backbone=false]}
   finetune:
     title: tiny, stage 2 on images
@@ -308,8 +308,7 @@ def test_smoke_run_writes_results_report_and_plots(tiny_bench):
         "oltr",
         "oltr_paper",
         "bs_scratch",
-        "oltr_ft",
-    ]
+    ]  # oltr_ft is optional: test_smoke_optional_methods_run_when_asked
     for method in scratch["methods"].values():
         assert 0.0 <= method["metrics"]["top1/overall"]["mean"] <= 1.0
         for open_set in ("near", "imagenet", "mnist"):
@@ -353,7 +352,6 @@ def test_smoke_methods_use_their_own_model_options(tiny_bench):
     assert _run_result(base, "finetune", "oltr")["model_config"]["attention"] is False
     assert _run_result(base, "finetune", "plain")["model_config"]["attention"] is True
     assert _run_result(base, "scratch", "oltr")["stage2_on_cached_maps"] is True
-    assert _run_result(base, "scratch", "oltr_ft")["stage2_on_cached_maps"] is False
     assert _run_result(base, "finetune", "oltr")["stage2_on_cached_maps"] is False
 
 
@@ -407,6 +405,25 @@ def test_smoke_rerun_skips_finished_runs(tiny_bench):
     assert main(args) == 0
     assert result.stat().st_mtime_ns == before
     assert maps.stat().st_mtime_ns == maps_before and probe.is_file()
+
+
+@needs_data
+@pytest.mark.data
+@pytest.mark.slow
+def test_smoke_optional_methods_run_when_asked(tiny_bench):
+    """Without --optional an optional row is left out; with it, the row trains from the kept
+    stage-1 model (neither that nor any finished run is redone) and joins the report."""
+    base, args, _ = tiny_bench
+    seed_dir = base / "work" / "scratch" / "seed0"
+    assert not (seed_dir / "oltr_ft").exists()
+    kept = [seed_dir / "stage1" / "checkpoints" / "stage1.pt", seed_dir / "oltr" / "result.json"]
+    before = [path.stat().st_mtime_ns for path in kept]
+    assert main([*args, "--optional"]) == 0
+    assert [path.stat().st_mtime_ns for path in kept] == before
+    assert _run_result(base, "scratch", "oltr_ft")["stage2_on_cached_maps"] is False
+    results = json.loads((base / "out" / "results.json").read_text())["protocols"]
+    assert list(results["scratch"]["methods"])[-1] == "oltr_ft"
+    assert "OLTR fine-tuned" in (base / "out" / "report.md").read_text()
 
 
 def test_missing_shared_data_is_a_clear_error(tmp_path, capsys):

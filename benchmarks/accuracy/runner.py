@@ -85,9 +85,12 @@ class Benchmark:
         cache: Path,
         data_dir: Path,
         device: torch.device,
+        optional: bool = False,
     ) -> None:
         self.bench, self.work, self.cache, self.device = bench, work, cache, device
         self.data_dir = data_dir
+        self.optional = optional
+        """Also run the methods marked ``optional``."""
         self._sources: Sources | None = None
         self._far: dict[str, list] | None = None
 
@@ -153,13 +156,15 @@ class Benchmark:
     def run_protocol(self, name: str, protocol: ProtocolSpec) -> None:
         """Train and evaluate every (seed, method) of ``protocol`` that has no result yet."""
         seeds = protocol.seeds or self.bench.seeds
-        pending = [(s, m) for s in seeds for m in protocol.methods if not self._done(name, s, m)]
-        log.info(
-            "protocol %s: %d of %d runs to do",
-            name,
-            len(pending),
-            len(seeds) * len(protocol.methods),
-        )
+        methods = [m for m, spec in protocol.methods.items() if self.optional or not spec.optional]
+        pending = [(s, m) for s in seeds for m in methods if not self._done(name, s, m)]
+        log.info("protocol %s: %d of %d runs to do", name, len(pending), len(seeds) * len(methods))
+        if len(methods) < len(protocol.methods):
+            log.info(
+                "protocol %s: %d optional methods left out (--optional runs them)",
+                name,
+                len(protocol.methods) - len(methods),
+            )
         bar = tqdm(total=len(pending), desc=f"{name}", dynamic_ncols=True)
         pretrained_maps: dict[str, Dataset] | None = None
         for seed in seeds:
@@ -176,7 +181,8 @@ class Benchmark:
                 maps = pretrained_maps
             if any(protocol.methods[m].kind != "scratch" for m in todo):
                 plain = self._shared_stage1(cfg, data, seed_dir, maps)
-                if protocol.cache_stage2 and not protocol.cache_stage1:
+                cached = any(protocol.methods[m].cached for m in todo)
+                if protocol.cache_stage2 and not protocol.cache_stage1 and cached:
                     maps = self._maps(plain, cfg, data, f"seed {seed}", protocol.train_views, seed)
             for method in todo:
                 bar.set_postfix_str(f"seed {seed} {method}")

@@ -97,6 +97,10 @@ class MethodSpec(_Strict):
     """false: this method's stage 2 trains on the images, not on the protocol's cached maps, so
     ``stage2.freeze_backbone=false`` fine-tunes the shared stage-1 backbone (the paper's
     ImageNet-LT recipe) where the protocol's other methods keep it frozen."""
+    optional: bool = False
+    """Run only with ``--optional``: rows whose cost the configuration's time budget leaves out
+    (in quick, A's fine-tuned rows and the closed-set OLTR rows). A report shows every finished
+    run, so their rows appear once they have been run into the same work folder."""
 
     @model_validator(mode="after")
     def _branch_overrides(self) -> MethodSpec:
