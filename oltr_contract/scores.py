@@ -21,6 +21,7 @@ model's outputs under the same names, the service feeds it onnxruntime's. Adding
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal, get_args
@@ -125,10 +126,32 @@ OUTPUT_SCORES: Final[tuple[str, ...]] = tuple(SCORES)
 SCORE_NAMES: Final[tuple[str, ...]] = (*OUTPUT_SCORES, COMBINED)
 """Every score: the computed ones and the fitted fusion."""
 
-if set(get_args(ScoreName)) != set(SCORE_NAMES) or not all(
-    set(s.reads) <= set(OUTPUT_NAMES) for s in SCORES.values()
+SCORE_RANGES: Final[dict[str, tuple[float, float]]] = {
+    "max_softmax": (0.0, 1.0),
+    "reachability": (0.0, math.inf),
+    "combined": (0.0, math.inf),
+    "energy": (-math.inf, math.inf),
+}
+"""Values each score can take; a threshold outside turns open-set detection off."""
+
+if (
+    set(get_args(ScoreName)) != set(SCORE_NAMES)
+    or set(SCORE_RANGES) != set(SCORE_NAMES)
+    or not all(set(s.reads) <= set(OUTPUT_NAMES) for s in SCORES.values())
 ):
-    raise RuntimeError("ScoreName must list every score, and scores read artifact outputs only")
+    raise RuntimeError(
+        "ScoreName and SCORE_RANGES must list every score, and scores read artifact outputs only"
+    )
+
+
+def threshold_problem(score: str, value: float) -> str | None:
+    """Why ``value`` is no threshold for ``score`` (not finite, outside its range), or None."""
+    low, high = SCORE_RANGES[score]
+    if not math.isfinite(value):
+        return f"threshold must be a finite number, got {value}"
+    if not low <= value <= high:
+        return f"threshold for the {score} score must be in [{low:g}, {high:g}], got {value:g}"
+    return None
 
 
 def get_score(name: str) -> Score:

@@ -7,7 +7,6 @@ kept as they are and shown by ``GET /v1/model``.
 from __future__ import annotations
 
 import json
-import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -17,23 +16,6 @@ from oltr_contract.scores import COMBINED, COMBINED_PARTS, ScoreName
 from service.errors import describe_errors
 
 Interpolation = Literal["bilinear", "bicubic", "nearest"]
-SCORE_RANGES: dict[str, tuple[float, float]] = {
-    "max_softmax": (0.0, 1.0),
-    "reachability": (0.0, math.inf),
-    "combined": (0.0, math.inf),
-    "energy": (-math.inf, math.inf),
-}
-"""Values each unknown score can take; a threshold outside turns open-set detection off."""
-
-
-def threshold_problem(score: str, value: float) -> str | None:
-    """Why ``value`` is no threshold for ``score`` (not finite, outside its range), or None."""
-    low, high = SCORE_RANGES[score]
-    if not math.isfinite(value):
-        return f"threshold must be a finite number, got {value}"
-    if not low <= value <= high:
-        return f"threshold for the {score} score must be in [{low:g}, {high:g}], got {value:g}"
-    return None
 
 
 class PreprocessSpec(BaseModel):

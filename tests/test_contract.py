@@ -25,6 +25,7 @@ from oltr_contract.scores import (
     max_softmax,
     reads,
     score_definition,
+    threshold_problem,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,6 +103,25 @@ def test_the_decision_rule() -> None:
     np.testing.assert_array_equal(
         is_known([0.5, 1.0, 1.5, np.nan], 1.0), [False, True, True, False]
     )
+
+
+def test_a_threshold_must_be_a_value_its_score_can_take() -> None:
+    for score, value in [
+        ("max_softmax", 0.0),
+        ("max_softmax", 1.0),
+        ("reachability", 1e6),
+        ("combined", 0.95),
+        ("energy", -3.5),
+    ]:
+        assert threshold_problem(score, value) is None, (score, value)
+    assert threshold_problem("max_softmax", 1.5) == (
+        "threshold for the max_softmax score must be in [0, 1], got 1.5"
+    )
+    assert threshold_problem("reachability", -0.1) == (
+        "threshold for the reachability score must be in [0, inf], got -0.1"
+    )
+    for value in (math.nan, math.inf, -math.inf):
+        assert "finite number" in threshold_problem("energy", value)
 
 
 def test_higher_means_more_known() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
-from service.card import threshold_problem
+from oltr_contract.scores import threshold_problem
 from service.errors import Forbidden, InvalidThreshold, Unauthorized
 from service.schemas import (
     ErrorResponse,
